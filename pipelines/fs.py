@@ -1,0 +1,85 @@
+"""Small file I/O for run summaries, reports and plots.
+
+Local paths, Unity Catalog Volumes (``/Volumes/...``, a local mount on Databricks) and
+``dbfs:/`` (mounted at ``/dbfs``) use the local filesystem; other URIs (``s3://``,
+``abfss://``, ``gs://``) go through :mod:`pyarrow.fs`. Table data never goes through
+here: that is :mod:`pipelines.delta`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+_UNSAFE_NAME = re.compile(r"[\x00-\x1f/\\]")
+
+
+def is_remote(path: str) -> bool:
+    """True for URIs that are not on a local (or locally mounted) filesystem."""
+    m = _SCHEME.match(str(path))
+    return bool(m) and m.group(1).lower() not in ("file", "dbfs")
+
+
+def local_path(path: str) -> str:
+    """Map ``file://`` and ``dbfs:/`` URIs to local paths; leave other paths as they are."""
+    path = str(path)
+    if path.startswith("file://"):
+        return path[len("file://"):]
+    if path.startswith("dbfs:/"):
+        return "/dbfs/" + path[len("dbfs:/"):].lstrip("/")
+    return path
+
+
+def join(root: str, *parts: str) -> str:
+    """Join path parts under ``root``, refusing any part that could leave it.
+
+    A part may not be empty, ``.``/``..``, or contain a separator or control
+    character, so a column or table name can never write outside the output root.
+    """
+    for part in parts:
+        if part in ("", ".", "..") or _UNSAFE_NAME.search(part):
+            raise ValueError(f"unsafe path component {part!r} under {root!r}")
+    return "/".join([str(root).rstrip("/"), *parts])
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file + rename) where the filesystem allows."""
+    if is_remote(path):
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        parent = inner.rsplit("/", 1)[0]
+        fs.create_dir(parent, recursive=True)
+        with fs.open_output_stream(inner) as out:
+            out.write(data)
+        return
+    target = Path(local_path(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def write_text(path: str, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def read_text(path: str) -> str:
+    if is_remote(path):
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        with fs.open_input_stream(inner) as f:
+            return f.read().decode("utf-8")
+    return Path(local_path(path)).read_text(encoding="utf-8")
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        import pyarrow.fs as pafs
+
+        fs, inner = pafs.FileSystem.from_uri(path)
+        return fs.get_file_info(inner).type != pafs.FileType.NotFound
+    return Path(local_path(path)).exists()

@@ -1,0 +1,1 @@
+"""GMM mode-specific normalisation (CTGAN / CTAB-GAN / RDT ClusterBasedNormalizer) at Spark scale."""
