@@ -58,6 +58,9 @@ class IngestSettings(_Section):
     delimiter: str | None = None
     header: bool = True
     encoding: str = "UTF-8"
+    # CSV quoted fields may hold newlines; True parses them correctly but reads each file in
+    # one task. False splits big files across tasks (records must then be one line each).
+    multiline: bool = True
 
 
 class ClusterEvalSettings(_Section):

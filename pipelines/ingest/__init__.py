@@ -1,0 +1,11 @@
+"""Ingest: raw CSV / JSON lines / Parquet / Delta files -> bronze Delta table + quarantine.
+
+See :mod:`pipelines.ingest.stage` for the flow and the row-id scheme,
+:mod:`pipelines.ingest.schema` for types and value checks, and
+:mod:`pipelines.ingest.names` for safe column names.
+"""
+
+from pipelines.ingest.names import safe_names
+from pipelines.ingest.stage import run_ingest
+
+__all__ = ["run_ingest", "safe_names"]

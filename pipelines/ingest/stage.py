@@ -1,0 +1,523 @@
+"""The ingest stage: source files -> ``DIR/bronze`` + ``DIR/quarantine`` (+ ``DIR/_ingested_files``).
+
+One Spark plan does the work. The source is read untyped (CSV/JSON as strings with
+Spark's corrupt-record column; Parquet/Delta as they are), every field is cast with Spark
+SQL ``try_cast`` and checked, and each row gets a ``_reason`` (null for a good row). Good
+rows go to bronze, the rest to quarantine. A Spark ``Observation`` on the same plan counts
+rows read, rows failed and the per-column special values during the bronze write, so clean
+data is read exactly once; the quarantine pass only runs when some row failed.
+
+Row ids
+-------
+``_row_id = (file_ordinal << 40) + position``. Files are numbered in path order (append
+mode continues after the last recorded ordinal). ``position`` is the Parquet row index, or
+for text files ``split_start * f + row index within the split`` (``f`` = 1, or 256 for
+compressed files, whose rows may outnumber their bytes). Every row starts at its own byte,
+so a split of ``n`` bytes holds fewer than ``n`` rows and positions from different splits
+never meet; the run checks this per row and fails if it ever does not hold. The split of a
+file is fixed (``SPLIT_BYTES``, one split per task) so ids do not depend on the number of
+cores: the same files give the same ids on every run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+from pyspark.sql import Column, DataFrame, Observation
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines import delta, fs
+from pipelines.errors import UserError
+from pipelines.ingest import names as N
+from pipelines.ingest import schema as S
+from pipelines.ingest import sources as src
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from pipelines.config import Config, IngestSettings
+    from pipelines.runs import Run
+
+SPLIT_BYTES = 128 * 1024 * 1024
+ROW_BITS = 40
+COMPRESSED_FACTOR = 256
+PROPERTY_PREFIX = "pipelines.ingest."
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField(N.ROW_ID, T.LongType()),
+    T.StructField(N.SOURCE_FILE, T.StringType()),
+    T.StructField("_reason", T.StringType()),
+    T.StructField("_raw", T.StringType()),
+    T.StructField(N.INGESTED_AT, T.TimestampType()),
+])
+LEDGER_SCHEMA = T.StructType([
+    T.StructField("path", T.StringType()),
+    T.StructField("size", T.LongType()),
+    T.StructField("mtime_ms", T.LongType()),
+    T.StructField("file_ordinal", T.LongType()),
+    T.StructField("format", T.StringType()),
+    T.StructField("run_id", T.StringType()),
+    T.StructField("ingested_at", T.TimestampType()),
+])
+# Session settings for the run. Huge open cost: every file split gets its own task, so
+# ids do not depend on how Spark packs small files. Corrupt or vanished files must fail
+# the job, never be skipped.
+_SCOPED_CONF = {
+    "spark.sql.files.maxPartitionBytes": str(SPLIT_BYTES),
+    "spark.sql.files.openCostInBytes": str(1 << ROW_BITS),
+    "spark.sql.files.ignoreCorruptFiles": "false",
+    "spark.sql.files.ignoreMissingFiles": "false",
+}
+
+
+@dataclass
+class Columns:
+    """The source columns: original names, safe names, the type read and the bronze type."""
+
+    original: list[str]
+    safe: list[str]
+    read_types: list[T.DataType]
+    target: dict[str, T.DataType] = field(default_factory=dict)
+    origin: dict[str, str] = field(default_factory=dict)  # safe name -> schema_file | table | inferred | source
+    delimiter: str = ","  # CSV only
+
+    def mapping(self) -> list[dict[str, str]]:
+        return [{"original": o, "safe": s} for o, s in zip(self.original, self.safe, strict=True)]
+
+
+def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
+    """Ingest ``cfg.ingest.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    cfg : Config
+        Uses the ``ingest`` section (source, format, output, schema_file, mode, force, ...).
+    run : Run
+        Filled with counts (rows_read / rows_written / rows_quarantined, files),
+        outputs, timings and details (schema, column mapping, special values per column).
+
+    Raises
+    ------
+    UserError
+        A missing path, an empty glob, an unreadable file, a format that does not match
+        the files, a schema file that does not parse, files already ingested (append
+        without ``force``), or an append whose columns do not match the bronze table.
+    """
+    s = cfg.ingest
+    if not s.source:
+        raise UserError("--source: required (or ingest.source in the config)")
+    if not s.format:
+        raise UserError("--format: required: csv, parquet, json or delta (or ingest.format in the config)")
+    out = {kind: fs.join(s.output, kind) for kind in ("bronze", "quarantine", "_ingested_files")}
+    ingested_at = datetime.fromisoformat(run.started_at)
+    with _scoped_conf(spark):
+        with run.timed("list"):
+            files = _source_files(spark, s)
+            files, first_ordinal = _refuse_ingested(spark, s, files, out["_ingested_files"], run)
+            run.counts["files"] = len(files)
+            run.counts["input_bytes"] = sum(f.size for f in files)
+        with run.timed("schema"):
+            raw, cols = _read_raw(spark, s, files)
+            _choose_types(raw, cols, s, out["bronze"], run)
+        plan = _plan(raw, cols, s, files, first_ordinal=first_ordinal, ingested_at=ingested_at)
+        _write(plan, cols, s, files, out, run)
+    if run.status == "running":
+        _write_ledger(spark, s, files, first_ordinal, out["_ingested_files"], run, ingested_at)
+
+
+@contextmanager
+def _scoped_conf(spark: SparkSession) -> Iterator[None]:
+    saved = {key: spark.conf.get(key, None) for key in _SCOPED_CONF}
+    for key, value in _SCOPED_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def _source_files(spark: SparkSession, s: IngestSettings) -> list[src.SourceFile]:
+    if s.format != "delta":
+        files = src.list_files(s.source)
+        src.check_format(files, s.format)
+        return files
+    if not fs.exists(fs.join(s.source, "_delta_log")):
+        raise UserError(f"{s.source}: not a Delta table (no _delta_log folder) (--format delta)")
+    uris = delta.read_table(spark, s.source).inputFiles()
+    if not uris:
+        raise UserError(f"{s.source}: Delta table has no data files")
+    paths = [u if fs.is_remote(u) else unquote(fs.local_path(u)) for u in uris]
+    return sorted((src.list_files(p)[0] for p in paths), key=lambda f: f.path)
+
+
+def _read_ledger(spark: SparkSession, path: str) -> list[dict[str, Any]]:
+    if not delta.table_exists(path):
+        return []
+    # One row per ingested file: metadata, bounded by the number of files, never table data.
+    return [r.asDict() for r in delta.read_table(spark, path).select("path", "file_ordinal", "run_id").collect()]
+
+
+def _refuse_ingested(
+    spark: SparkSession, s: IngestSettings, files: list[src.SourceFile], ledger: str, run: Run
+) -> tuple[list[src.SourceFile], int]:
+    """Append mode: drop files the ledger already has (unless ``force``); the first free ordinal."""
+    if s.mode == "overwrite":
+        return files, 0
+    known = _read_ledger(spark, ledger)
+    first_ordinal = max((r["file_ordinal"] for r in known), default=-1) + 1
+    done = {r["path"]: r["run_id"] for r in known}
+    again = [f for f in files if f.key in done]
+    if again and not s.force:
+        run.details["files_refused"] = [f.path for f in again]
+        run.counts["files_refused"] = len(again)
+        if len(again) == len(files):
+            raise UserError(
+                f"{s.source}: all {len(files)} file(s) were already ingested (first: {again[0].path} by run "
+                f"{done[again[0].key]}); use --force to ingest them again"
+            )
+        run.warn(f"refused {len(again)} already-ingested file(s), e.g. {again[0].path}; use --force to re-ingest")
+        files = [f for f in files if f.key not in done]
+    return files, first_ordinal
+
+
+def _read_raw(spark: SparkSession, s: IngestSettings, files: list[src.SourceFile]) -> tuple[DataFrame, Columns]:
+    """The untyped source with its columns renamed to safe names, plus the file metadata columns."""
+    schema_fields = S.read_schema_file(s.schema_file) if s.schema_file else None
+    delimiter = ","
+    if s.format == "csv":
+        df, original, delimiter = _read_csv(spark, s, files, schema_fields)
+    elif s.format == "json":
+        original = src.json_keys(spark, files, encoding=s.encoding)
+        if not original:
+            raise UserError(f"{s.source}: no JSON object with a key found (--format json)")
+        df = src.read_json(spark, files, keys=original, encoding=s.encoding)
+    elif s.format == "parquet":
+        df = src.read_parquet(spark, files)
+        original = df.columns
+    else:
+        df = delta.read_table(spark, s.source)
+        original = df.columns
+        keys = [f.key for f in files]
+        df = df.where(src.file_key(F.col("_metadata.file_path")).isin(keys))
+    safe = N.safe_names(original)
+    types = {f.name: f.dataType for f in df.schema.fields}
+    read_types = [types[c] if s.format in ("parquet", "delta") else T.StringType() for c in original]
+    meta = [
+        F.col("_metadata.file_path").alias("_file_path"),
+        F.col("_metadata.file_block_start").alias("_block_start"),
+        F.col("_metadata.file_block_length").alias("_block_length"),
+        # Row index within the task's split: the low 33 bits of the id (the task is the split).
+        (F.monotonically_increasing_id().bitwiseAND((1 << 33) - 1)).alias("_row_in_split"),
+    ]
+    if s.format in ("parquet", "delta"):
+        meta.append(F.col("_metadata.row_index").alias("_row_index"))
+        renamed = [F.col(_quote(o)).alias(n) for o, n in zip(original, safe, strict=True)]
+    else:
+        # CSV columns are already read under their safe names; JSON keys are renamed here.
+        renamed = [F.col(_quote(o)).alias(n) for o, n in zip(df.columns[:-1], safe, strict=True)]
+        renamed.append(F.col(src.CORRUPT))
+    cols = Columns(original=list(original), safe=safe, read_types=read_types, delimiter=delimiter)
+    if schema_fields is not None:
+        _apply_schema_file(cols, schema_fields, s)
+    return df.select(*renamed, *meta), cols
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def _read_csv(
+    spark: SparkSession,
+    s: IngestSettings,
+    files: list[src.SourceFile],
+    schema_fields: list[tuple[str, T.DataType]] | None,
+) -> tuple[DataFrame, list[str], str]:
+    nonempty = [f for f in files if f.size > 0]
+    if not nonempty:
+        raise UserError(f"{s.source}: every file is empty")
+    given = {"\\t": "\t", "tab": "\t"}.get(s.delimiter or "", s.delimiter)  # "\t" as typed in a shell
+    first, delimiter = src.csv_header(nonempty[0], delimiter=given, encoding=s.encoding)
+    if s.header:
+        src.check_headers(nonempty, first, delimiter=delimiter, encoding=s.encoding)
+        original = first
+    elif schema_fields is not None:
+        original = [name for name, _ in schema_fields]
+    else:
+        original = [f"col_{i + 1}" for i in range(len(first))]
+    df = src.read_csv(
+        spark, files, columns=N.safe_names(original), delimiter=delimiter, header=s.header,
+        encoding=s.encoding, multiline=s.multiline,
+    )
+    return df, original, delimiter
+
+
+def _apply_schema_file(cols: Columns, fields: list[tuple[str, T.DataType]], s: IngestSettings) -> None:
+    by_name = {**dict(zip(cols.safe, cols.safe, strict=True)), **dict(zip(cols.original, cols.safe, strict=True))}
+    for name, dtype in fields:
+        if name not in by_name:
+            raise UserError(f"{s.schema_file}: column {name!r} is not in the source (columns: {_names(cols.original)})")
+        cols.target[by_name[name]] = dtype
+        cols.origin[by_name[name]] = "schema_file"
+
+
+def _names(names: list[str]) -> str:
+    text = ", ".join(names)
+    return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _choose_types(raw: DataFrame, cols: Columns, s: IngestSettings, bronze: str, run: Run) -> None:
+    """Bronze types: the schema file, else the existing bronze table (append), else inferred or native."""
+    existing = _bronze_types(raw.sparkSession, bronze) if s.mode == "append" else None
+    if existing is not None:
+        extra = [c for c in cols.safe if c not in existing]
+        missing = [c for c in existing if c not in cols.safe]
+        if extra or missing:
+            what = f"new column(s) {extra}" if extra else f"missing column(s) {missing}"
+            raise UserError(f"{s.source}: {what} compared with the bronze table {bronze}; use --mode overwrite")
+        for c in cols.safe:
+            if c not in cols.target:
+                cols.target[c], cols.origin[c] = existing[c], "table"
+    todo = [c for c, t in zip(cols.safe, cols.read_types, strict=True) if c not in cols.target]
+    if s.format in ("parquet", "delta"):
+        for c, t in zip(cols.safe, cols.read_types, strict=True):
+            if c in todo:
+                cols.target[c], cols.origin[c] = t, "source"
+    elif todo:
+        usable = F.col(src.CORRUPT).isNull()
+        if s.format == "csv" and s.header:
+            usable = usable & ~_repeated_header(cols)
+        sample = raw.where(usable).select(*todo).limit(s.infer_sample_rows)
+        for c, t in S.infer_types(sample, todo).items():
+            cols.target[c], cols.origin[c] = t, "inferred"
+    schema = [{"name": c, "original": o, "type": cols.target[c].simpleString(), "from": cols.origin[c]}
+              for c, o in zip(cols.safe, cols.original, strict=True)]
+    run.details["schema"] = schema
+    run.details["column_mapping"] = cols.mapping()
+    for item in schema:
+        run.progress(f"schema: {item['name']} {item['type']} ({item['from']}; source column {item['original']!r})")
+
+
+def _bronze_types(spark: SparkSession, bronze: str) -> dict[str, T.DataType] | None:
+    if not delta.table_exists(bronze):
+        return None
+    fields = delta.read_table(spark, bronze).schema.fields
+    return {f.name: f.dataType for f in fields if f.name not in N.METADATA_COLUMNS}
+
+
+def _plan(
+    raw: DataFrame,
+    cols: Columns,
+    s: IngestSettings,
+    files: list[src.SourceFile],
+    *,
+    first_ordinal: int,
+    ingested_at: datetime,
+) -> DataFrame:
+    """Typed columns, ``_row_id``, ``_source_file``, ``_reason`` and ``_raw`` for every source row."""
+    text = s.format in ("csv", "json")
+    checks = {
+        c: S.check_field(F.col(c), name=c, source_type=t, target=cols.target[c])
+        for c, t in zip(cols.safe, cols.read_types, strict=True)
+    }
+    reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
+    ordinals = F.create_map(*[x for i, f in enumerate(files) for x in (F.lit(f.key), F.lit(first_ordinal + i))])
+    path_key = src.file_key(F.col("_file_path"))
+    if text:
+        factor = F.when(F.col("_file_path").rlike(src.COMPRESSED_RE), COMPRESSED_FACTOR).otherwise(1)
+        position = F.col("_block_start") * factor + F.col("_row_in_split")
+        # The ids of one split stay inside its own byte range only if this holds (module docstring).
+        id_ok = F.col("_row_in_split") < F.greatest(F.col("_block_length") * factor, F.lit(1))
+        raw_record = F.coalesce(F.col(src.CORRUPT), F.to_json(F.struct(*cols.safe)))
+    else:
+        position, id_ok = F.col("_row_index"), F.lit(True)
+        raw_record = F.to_json(F.struct(*cols.safe))
+    row_id = F.shiftleft(F.element_at(ordinals, path_key).cast("long"), ROW_BITS) + position
+    return raw.select(
+        *[checks[c].value.alias(c) for c in cols.safe],
+        row_id.alias(N.ROW_ID),
+        path_key.alias(N.SOURCE_FILE),
+        F.lit(ingested_at.isoformat()).cast("timestamp").alias(N.INGESTED_AT),
+        reason.alias("_reason"),
+        raw_record.alias("_raw"),
+        id_ok.alias("_id_ok"),
+        *[F.col(c).alias(f"_present_{i}") for i, c in enumerate(cols.safe) if _counts_empty(cols, c)],
+    )
+
+
+def _counts_empty(cols: Columns, c: str) -> bool:
+    """Columns whose blank source strings become null (so `empty` is counted from the raw value)."""
+    read = cols.read_types[cols.safe.index(c)]
+    return isinstance(read, T.StringType) and not isinstance(cols.target[c], T.StringType)
+
+
+def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
+    undecodable = []
+    if s.format in ("csv", "json") and s.encoding.upper().replace("-", "") == "UTF8":
+        # Spark decodes invalid UTF-8 to U+FFFD; finding it is how undecodable bytes are caught.
+        undecodable = [
+            F.when(F.instr(F.col(c), "\ufffd") > 0, F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
+            for c, t in zip(cols.safe, cols.read_types, strict=True)
+            if isinstance(t, T.StringType)
+        ]
+    problems = [*undecodable, *(checks[c].problem for c in cols.safe)]
+    return F.nullif(F.concat_ws("; ", *problems), F.lit("")) if problems else F.lit(None).cast("string")
+
+
+def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
+    corrupt = F.col(src.CORRUPT)
+    if s.format == "csv":
+        delimiter = cols.delimiter
+        # Split on the delimiter outside quotes to report how many fields the record had.
+        outside_quotes = _java_regex_literal(delimiter) + r'(?=(?:[^"]*"[^"]*")*[^"]*$)'
+        bad_record = F.format_string(
+            f"wrong number of fields: expected {len(cols.safe)}, got %d", F.size(F.split(corrupt, outside_quotes))
+        )
+    else:
+        bad_record = F.lit("malformed JSON record (not one JSON object per line)")
+    undecodable = F.when(F.instr(corrupt, "\ufffd") > 0, F.lit(f"undecodable bytes (not valid {s.encoding})"))
+    reason = F.when(corrupt.isNotNull(), F.concat_ws("; ", bad_record, undecodable))
+    if s.format == "csv" and s.header:
+        reason = reason.when(_repeated_header(cols), F.lit("repeated header row"))
+    return reason.otherwise(_field_problems(cols, checks, s))
+
+
+def _repeated_header(cols: Columns) -> Column:
+    """A data row equal to the header (files concatenated with their headers)."""
+    repeated = F.lit(True)
+    for c, o in zip(cols.safe, cols.original, strict=True):
+        repeated = repeated & F.coalesce(F.trim(F.col(c)) == F.lit(o), F.lit(False))
+    return repeated
+
+
+def _java_regex_literal(text: str) -> str:
+    return "".join(ch if ch.isalnum() else ("\\t" if ch == "\t" else "\\" + ch) for ch in text)
+
+
+def _observed_metrics(cols: Columns) -> list[Column]:
+    good = F.col("_reason").isNull()
+    metrics = [
+        F.count(F.lit(1)).alias("rows_read"),
+        F.count_if(~good).alias("rows_bad"),
+        F.count_if(~F.col("_id_ok")).alias("ids_out_of_range"),
+        F.count_if(F.col(N.ROW_ID).isNull()).alias("ids_null"),
+    ]
+    for i, c in enumerate(cols.safe):
+        value, target = F.col(c), cols.target[c]
+        metrics.append(F.count_if(good & value.isNull()).alias(f"{c}\x00null"))
+        if _counts_empty(cols, c):
+            blank = F.col(f"_present_{i}").isNotNull() & (F.trim(F.col(f"_present_{i}")) == "")
+            metrics.append(F.count_if(good & blank).alias(f"{c}\x00empty"))
+        elif isinstance(target, T.StringType):
+            metrics.append(F.count_if(good & (value == "")).alias(f"{c}\x00empty"))
+        if isinstance(target, (T.FloatType, T.DoubleType)):
+            metrics.append(F.count_if(good & F.isnan(value)).alias(f"{c}\x00nan"))
+            metrics.append(F.count_if(good & (value == float("inf"))).alias(f"{c}\x00pos_inf"))
+            metrics.append(F.count_if(good & (value == float("-inf"))).alias(f"{c}\x00neg_inf"))
+    return metrics
+
+
+def _write(
+    plan: DataFrame,
+    cols: Columns,
+    s: IngestSettings,
+    files: list[src.SourceFile],
+    out: Mapping[str, str],
+    run: Run,
+) -> None:
+    input_bytes = sum(f.size for f in files)
+    splits = sum(max(1, math.ceil(f.size / SPLIT_BYTES)) for f in files)
+    n_files = max(1, math.ceil(input_bytes / (s.target_file_mb * 1024 * 1024)))
+    observation = Observation("ingest")
+    observed = plan.observe(observation, *_observed_metrics(cols))
+    bronze_cols = [*cols.safe, N.ROW_ID, N.SOURCE_FILE, N.INGESTED_AT]
+    good = _sized(observed.where(F.col("_reason").isNull()).select(*bronze_cols), n_files, splits)
+    props = _properties(cols, s, run)
+    with run.timed("write bronze"):
+        written = delta.write_table(good, out["bronze"], mode=s.mode, properties=props)
+    metrics = observation.get
+    rows_read, rows_bad = metrics["rows_read"], metrics["rows_bad"]
+    if metrics["ids_out_of_range"] or metrics["ids_null"]:
+        raise RuntimeError(
+            f"row id invariant broken ({metrics['ids_out_of_range']} out of range, {metrics['ids_null']} null): "
+            f"bronze {out['bronze']} may hold duplicate ids; this is a bug"
+        )
+    quarantined = 0
+    with run.timed("write quarantine"):
+        if rows_bad:
+            recheck = Observation("ingest_quarantine")
+            bad = plan.observe(recheck, F.count(F.lit(1)).alias("rows_read")).where(F.col("_reason").isNotNull())
+            n_bad_files = max(1, math.ceil(n_files * rows_bad / max(rows_read, 1)))
+            quarantine = _sized(bad.select(*QUARANTINE_SCHEMA.names), n_bad_files, splits)
+            quarantined = delta.write_table(quarantine, out["quarantine"], mode=s.mode, properties=props)
+            if recheck.get["rows_read"] != rows_read:
+                run.warn(f"source rows changed between passes: {rows_read} then {recheck.get['rows_read']}")
+        elif s.mode == "overwrite" or not delta.table_exists(out["quarantine"]):
+            empty = plan.sparkSession.createDataFrame([], QUARANTINE_SCHEMA)
+            delta.write_table(empty, out["quarantine"], mode=s.mode, properties=props)
+    run.counts.update(rows_read=rows_read, rows_written=written, rows_quarantined=quarantined, output_files_target=n_files)
+    run.outputs.update(bronze=out["bronze"], quarantine=out["quarantine"], ingested_files=out["_ingested_files"])
+    run.details["special_values"] = _special_values(metrics, cols)
+    if rows_read != written + quarantined or written != rows_read - rows_bad:
+        run.status = "failed"
+        run.error = (
+            f"reconciliation failed: rows_read {rows_read} != rows_written {written} + rows_quarantined "
+            f"{quarantined} (expected {rows_bad} quarantined); the files are not recorded as ingested"
+        )
+        run.progress(run.error)
+    if rows_bad:
+        run.warn(f"{rows_bad} of {rows_read} rows quarantined; see {out['quarantine']} (_reason)")
+
+
+def _sized(df: DataFrame, n_files: int, splits: int) -> DataFrame:
+    """Output files near the target size: fewer partitions only when the input has more splits.
+
+    Hash-partitioned on ``_row_id`` (deterministic, no sort); without it each split already
+    writes at most one target-sized file, so no shuffle is paid.
+    """
+    return df.repartition(n_files, N.ROW_ID) if n_files < splits else df
+
+
+def _special_values(metrics: Mapping[str, Any], cols: Columns) -> dict[str, dict[str, int]]:
+    result: dict[str, dict[str, int]] = {c: {} for c in cols.safe}
+    for key, value in metrics.items():
+        if "\x00" in key:
+            column, kind = key.split("\x00")
+            result[column][kind] = int(value)
+    return result
+
+
+def _properties(cols: Columns, s: IngestSettings, run: Run) -> dict[str, str]:
+    return {
+        f"{PROPERTY_PREFIX}columnMapping": json.dumps(cols.mapping(), ensure_ascii=False),
+        f"{PROPERTY_PREFIX}sourceFormat": str(s.format),
+        f"{PROPERTY_PREFIX}name": s.name or "",
+        f"{PROPERTY_PREFIX}runId": run.run_id,
+    }
+
+
+def _write_ledger(
+    spark: SparkSession,
+    s: IngestSettings,
+    files: list[src.SourceFile],
+    first_ordinal: int,
+    path: str,
+    run: Run,
+    ingested_at: datetime,
+) -> None:
+    rows = [
+        (f.key, f.size, f.mtime_ms, first_ordinal + i, s.format, run.run_id, ingested_at)
+        for i, f in enumerate(files)
+    ]
+    delta.write_table(spark.createDataFrame(rows, LEDGER_SCHEMA), path, mode=s.mode)
