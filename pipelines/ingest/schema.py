@@ -7,7 +7,8 @@ valid literal of the type; the row then goes to quarantine with a reason naming 
 The same validity rule decides both inference and casting, so a column inferred as
 ``double`` from the sample accepts exactly the values the inference accepted:
 
-- integers: optional sign and digits, no leading zeros (``007`` is an identifier, kept as text);
+- integers: optional sign and digits, no leading zeros (``007`` is an identifier, kept as text;
+  the same holds for floating point);
 - floating point: decimal or exponent notation, or ``NaN`` / ``inf`` / ``Infinity`` with an
   optional sign, case-insensitive. A finite literal that overflows (``1e400``) is *not*
   silently turned into infinity: it fails with "out of range" (infinity is kept only when the
@@ -44,7 +45,8 @@ SUPPORTED_TYPES = (
 )
 
 _INT_RE = r"^\s*[+-]?(0|[1-9][0-9]*)\s*$"
-_DECIMAL_RE = r"^\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
+# No leading zeros ("007" is an identifier); "0.5" and ".5" are fine.
+_DECIMAL_RE = r"^\s*[+-]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*$"
 _SPECIAL_FLOAT_RE = r"^\s*[+-]?(?i:nan|inf|infinity)\s*$"
 _DATE_RE = r"^\s*[0-9]{4}-[0-9]{2}-[0-9]{2}\s*$"
 _TIMESTAMP_RE = (

@@ -30,6 +30,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -121,7 +122,7 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
     with _scoped_conf(spark):
         with run.timed("list"):
             files = _source_files(spark, s)
-            files, first_ordinal = _refuse_ingested(spark, s, files, out["_ingested_files"], run)
+            files, first_ordinal = _refuse_ingested(spark, s, files, out, run)
             run.counts["files"] = len(files)
             run.counts["input_bytes"] = sum(f.size for f in files)
         with run.timed("schema"):
@@ -130,7 +131,7 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
         plan = _plan(raw, cols, s, files, first_ordinal=first_ordinal, ingested_at=ingested_at)
         _write(plan, cols, s, files, out, run)
     if run.status == "running":
-        _write_ledger(spark, s, files, first_ordinal, out["_ingested_files"], run, ingested_at)
+        _write_ledger(s, files, first_ordinal, out["_ingested_files"], run, ingested_at)
 
 
 @contextmanager
@@ -162,21 +163,47 @@ def _source_files(spark: SparkSession, s: IngestSettings) -> list[src.SourceFile
     return sorted((src.list_files(p)[0] for p in paths), key=lambda f: f.path)
 
 
-def _read_ledger(spark: SparkSession, path: str) -> list[dict[str, Any]]:
+def _check_unrecorded(spark: SparkSession, out: Mapping[str, str], first_ordinal: int) -> None:
+    """Refuse to append after a run that committed rows but died before recording its files.
+
+    Such rows carry ids at or above the first free ordinal; appending now would either
+    duplicate them (the same files again) or leave them unaccounted for.
+    """
+    for kind in ("bronze", "quarantine"):
+        if not delta.table_exists(out[kind]):
+            continue
+        top = delta.read_table(spark, out[kind]).agg(F.max(N.ROW_ID)).first()[0]
+        if top is not None and top >> ROW_BITS >= first_ordinal:
+            raise UserError(
+                f"{out[kind]}: holds rows of an append run that did not record its files in "
+                f"{out['_ingested_files']} (it stopped between commits); restore the table to the version "
+                "before that run or re-ingest with --mode overwrite"
+            )
+
+
+def _read_ledger(path: str) -> list[dict[str, Any]]:
     if not delta.table_exists(path):
         return []
     # One row per ingested file: metadata, bounded by the number of files, never table data.
-    return [r.asDict() for r in delta.read_table(spark, path).select("path", "file_ordinal", "run_id").collect()]
+    return delta.scan_table(path).select("path", "file_ordinal", "run_id").collect().to_dicts()
+
+
+def _arrow_schema(schema: T.StructType) -> pa.Schema:
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema, timezone="UTC", prefers_large_types=False)
 
 
 def _refuse_ingested(
-    spark: SparkSession, s: IngestSettings, files: list[src.SourceFile], ledger: str, run: Run
+    spark: SparkSession, s: IngestSettings, files: list[src.SourceFile], out: Mapping[str, str], run: Run
 ) -> tuple[list[src.SourceFile], int]:
     """Append mode: drop files the ledger already has (unless ``force``); the first free ordinal."""
     if s.mode == "overwrite":
         return files, 0
-    known = _read_ledger(spark, ledger)
+    ledger = out["_ingested_files"]
+    known = _read_ledger(ledger)
     first_ordinal = max((r["file_ordinal"] for r in known), default=-1) + 1
+    _check_unrecorded(spark, out, first_ordinal)
     done = {r["path"]: r["run_id"] for r in known}
     again = [f for f in files if f.key in done]
     if again and not s.force:
@@ -350,7 +377,8 @@ def _plan(
         path_key.alias(N.SOURCE_FILE),
         F.lit(ingested_at.isoformat()).cast("timestamp").alias(N.INGESTED_AT),
         reason.alias("_reason"),
-        raw_record.alias("_raw"),
+        # Valid UTF-8 (bad bytes as U+FFFD), so every reader of the quarantine can load it.
+        F.call_function("make_valid_utf8", raw_record).alias("_raw"),
         id_ok.alias("_id_ok"),
         *[F.col(c).alias(f"_present_{i}") for i, c in enumerate(cols.safe) if _counts_empty(cols, c)],
     )
@@ -363,15 +391,17 @@ def _counts_empty(cols: Columns, c: str) -> bool:
 
 
 def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
-    undecodable = []
+    undecodable: dict[str, Column] = {}
     if s.format in ("csv", "json") and s.encoding.upper().replace("-", "") == "UTF8":
         # Spark decodes invalid UTF-8 to U+FFFD; finding it is how undecodable bytes are caught.
-        undecodable = [
-            F.when(F.instr(F.col(c), "\ufffd") > 0, F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
+        undecodable = {
+            c: F.when(_undecodable(F.col(c)), F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
             for c, t in zip(cols.safe, cols.read_types, strict=True)
             if isinstance(t, T.StringType)
-        ]
-    problems = [*undecodable, *(checks[c].problem for c in cols.safe)]
+        }
+    # An undecodable field is reported as such, not also as a value of the wrong type.
+    problems = [F.coalesce(undecodable[c], checks[c].problem) if c in undecodable else checks[c].problem
+                for c in cols.safe]
     return F.nullif(F.concat_ws("; ", *problems), F.lit("")) if problems else F.lit(None).cast("string")
 
 
@@ -386,11 +416,16 @@ def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings
         )
     else:
         bad_record = F.lit("malformed JSON record (not one JSON object per line)")
-    undecodable = F.when(F.instr(corrupt, "\ufffd") > 0, F.lit(f"undecodable bytes (not valid {s.encoding})"))
+    undecodable = F.when(_undecodable(corrupt), F.lit(f"undecodable bytes (not valid {s.encoding})"))
     reason = F.when(corrupt.isNotNull(), F.concat_ws("; ", bad_record, undecodable))
     if s.format == "csv" and s.header:
         reason = reason.when(_repeated_header(cols), F.lit("repeated header row"))
     return reason.otherwise(_field_problems(cols, checks, s))
+
+
+def _undecodable(text: Column) -> Column:
+    # The CSV reader decodes bad bytes to U+FFFD; the JSON reader keeps them as invalid UTF-8.
+    return (F.instr(text, "\ufffd") > 0) | ~F.call_function("is_valid_utf8", text)
 
 
 def _repeated_header(cols: Columns) -> Column:
@@ -444,8 +479,9 @@ def _write(
     bronze_cols = [*cols.safe, N.ROW_ID, N.SOURCE_FILE, N.INGESTED_AT]
     good = _sized(observed.where(F.col("_reason").isNull()).select(*bronze_cols), n_files, splits)
     props = _properties(cols, s, run)
+    target_bytes = s.target_file_mb * 1024 * 1024
     with run.timed("write bronze"):
-        written = delta.write_table(good, out["bronze"], mode=s.mode, properties=props)
+        written = _write_counted(good, out["bronze"], mode=s.mode, properties=props, target_file_bytes=target_bytes)
     metrics = observation.get
     rows_read, rows_bad = metrics["rows_read"], metrics["rows_bad"]
     if metrics["ids_out_of_range"] or metrics["ids_null"]:
@@ -460,12 +496,15 @@ def _write(
             bad = plan.observe(recheck, F.count(F.lit(1)).alias("rows_read")).where(F.col("_reason").isNotNull())
             n_bad_files = max(1, math.ceil(n_files * rows_bad / max(rows_read, 1)))
             quarantine = _sized(bad.select(*QUARANTINE_SCHEMA.names), n_bad_files, splits)
-            quarantined = delta.write_table(quarantine, out["quarantine"], mode=s.mode, properties=props)
+            quarantined = _write_counted(
+                quarantine, out["quarantine"], mode=s.mode, properties=props, target_file_bytes=target_bytes
+            )
             if recheck.get["rows_read"] != rows_read:
                 run.warn(f"source rows changed between passes: {rows_read} then {recheck.get['rows_read']}")
         elif s.mode == "overwrite" or not delta.table_exists(out["quarantine"]):
-            empty = plan.sparkSession.createDataFrame([], QUARANTINE_SCHEMA)
-            delta.write_table(empty, out["quarantine"], mode=s.mode, properties=props)
+            # Nothing to quarantine: an empty table (an atomic replace in overwrite mode), no Spark job.
+            delta.write_polars(_arrow_schema(QUARANTINE_SCHEMA).empty_table(), out["quarantine"], mode=s.mode,
+                               properties=props)
     run.counts.update(rows_read=rows_read, rows_written=written, rows_quarantined=quarantined, output_files_target=n_files)
     run.outputs.update(bronze=out["bronze"], quarantine=out["quarantine"], ingested_files=out["_ingested_files"])
     run.details["special_values"] = _special_values(metrics, cols)
@@ -478,6 +517,21 @@ def _write(
         run.progress(run.error)
     if rows_bad:
         run.warn(f"{rows_bad} of {rows_read} rows quarantined; see {out['quarantine']} (_reason)")
+
+
+def _write_counted(df: DataFrame, path: str, *, mode: str, **options: Any) -> int:
+    """Write ``df`` and return the rows the table gained, counted from the committed table.
+
+    Counting the table (Parquet row-group metadata, no data read) rather than the plan
+    makes the reconciliation check what was actually committed.
+    """
+    before = _table_rows(df.sparkSession, path) if mode == "append" else 0
+    delta.write_table(df, path, mode=mode, **options)
+    return _table_rows(df.sparkSession, path) - before
+
+
+def _table_rows(spark: SparkSession, path: str) -> int:
+    return delta.read_table(spark, path).count() if delta.table_exists(path) else 0
 
 
 def _sized(df: DataFrame, n_files: int, splits: int) -> DataFrame:
@@ -508,7 +562,6 @@ def _properties(cols: Columns, s: IngestSettings, run: Run) -> dict[str, str]:
 
 
 def _write_ledger(
-    spark: SparkSession,
     s: IngestSettings,
     files: list[src.SourceFile],
     first_ordinal: int,
@@ -516,8 +569,14 @@ def _write_ledger(
     run: Run,
     ingested_at: datetime,
 ) -> None:
-    rows = [
-        (f.key, f.size, f.mtime_ms, first_ordinal + i, s.format, run.run_id, ingested_at)
-        for i, f in enumerate(files)
-    ]
-    delta.write_table(spark.createDataFrame(rows, LEDGER_SCHEMA), path, mode=s.mode)
+    columns = {
+        "path": [f.key for f in files],
+        "size": [f.size for f in files],
+        "mtime_ms": [f.mtime_ms for f in files],
+        "file_ordinal": [first_ordinal + i for i in range(len(files))],
+        "format": [s.format] * len(files),
+        "run_id": [run.run_id] * len(files),
+        "ingested_at": [ingested_at] * len(files),
+    }
+    # One row per file, written without Spark: metadata, not table data.
+    delta.write_polars(pa.table(columns, schema=_arrow_schema(LEDGER_SCHEMA)), path, mode=s.mode)

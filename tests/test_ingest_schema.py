@@ -1,0 +1,120 @@
+"""Type checks, inference and schema files (Spark SQL expressions on small inline frames)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.errors import UserError
+from pipelines.ingest import schema as S
+
+STR = T.StructType([T.StructField("v", T.StringType())])
+
+
+def _check(spark, values, target):
+    df = spark.createDataFrame([(v,) for v in values], STR)
+    check = S.check_field(F.col("v"), name="v", source_type=T.StringType(), target=target)
+    rows = df.select("v", check.value.alias("value"), check.problem.alias("problem")).collect()
+    return {r.v: (r.value, r.problem) for r in rows}
+
+
+def test_double_keeps_nan_and_inf_and_quarantines_text_comma_and_overflow(spark):
+    got = _check(spark, ["1.5", " 2 ", "NaN", "inf", "-Infinity", "+INF", "1e400", "-1e400", "1,5", "N/A", "1d", "", " "],
+                 T.DoubleType())
+    assert got["1.5"] == (1.5, None)
+    assert got[" 2 "] == (2.0, None)
+    assert math.isnan(got["NaN"][0]) and got["NaN"][1] is None
+    assert got["inf"] == (math.inf, None)
+    assert got["-Infinity"] == (-math.inf, None)
+    assert got["+INF"] == (math.inf, None)
+    assert got["1e400"][1] == "v: value '1e400' out of range for double"
+    assert got["-1e400"][1] == "v: value '-1e400' out of range for double"
+    assert got["1,5"][1] == "v: cannot parse '1,5' as double"
+    assert got["N/A"][1] == "v: cannot parse 'N/A' as double"
+    assert got["1d"][1] == "v: cannot parse '1d' as double"  # Java's parser would accept it
+    assert got[""] == (None, None)  # blank: null, counted as empty, not a failure
+    assert got[" "] == (None, None)
+
+
+def test_integers_decimals_dates_booleans(spark):
+    got = _check(spark, ["42", "-7", "1.5", "99999999999999999999", "007"], T.LongType())
+    assert got["42"] == (42, None) and got["-7"] == (-7, None)
+    assert got["1.5"][1] == "v: cannot parse '1.5' as bigint"  # never truncated to 1
+    assert got["99999999999999999999"][1] == "v: value '99999999999999999999' out of range for bigint"
+    assert got["007"][1] == "v: cannot parse '007' as bigint"
+    got = _check(spark, ["12.34", "123456.7", "x"], T.DecimalType(5, 2))
+    assert str(got["12.34"][0]) == "12.34" and got["12.34"][1] is None
+    assert got["123456.7"][1] == "v: value '123456.7' out of range for decimal(5,2)"
+    assert got["x"][1] == "v: cannot parse 'x' as decimal(5,2)"
+    got = _check(spark, ["2024-02-29", "2023-02-29", "2024"], T.DateType())
+    assert str(got["2024-02-29"][0]) == "2024-02-29"
+    assert got["2023-02-29"][1] == "v: cannot parse '2023-02-29' as date"
+    assert got["2024"][1] == "v: cannot parse '2024' as date"  # Spark's cast would make it 2024-01-01
+    got = _check(spark, ["true", "FALSE", "maybe"], T.BooleanType())
+    assert got["true"] == (True, None) and got["FALSE"] == (False, None)
+    assert got["maybe"][1] == "v: cannot parse 'maybe' as boolean"
+
+
+def test_long_values_are_cut_in_the_reason(spark):
+    got = _check(spark, ["x" * 100], T.DoubleType())
+    assert got["x" * 100][1] == f"v: cannot parse '{'x' * 40}...' as double"
+
+
+def test_infer_types_keeps_every_value(spark):
+    rows = [
+        ("1", "1.5", "NaN", "true", "2024-01-01", "2024-01-01 10:00:00", "1", "1.5", None, "007"),
+        ("2", "2", "inf", "false", "2024-01-02", "2024-01-02T11:00:00Z", "N/A", "1,5", "", "010"),
+        (None, "-3e5", "-inf", None, None, None, "3", "1e400", " ", "1"),
+    ]
+    cols = ["int", "dbl", "special", "bool", "date", "ts", "int_na", "dbl_comma", "blank", "zeros"]
+    df = spark.createDataFrame(rows, T.StructType([T.StructField(c, T.StringType()) for c in cols]))
+    got = {c: t.simpleString() for c, t in S.infer_types(df, cols).items()}
+    assert got == {
+        "int": "bigint", "dbl": "double", "special": "double", "bool": "boolean", "date": "date",
+        "ts": "timestamp", "int_na": "string", "dbl_comma": "string", "blank": "string", "zeros": "string",
+    }
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("s.ddl", "id BIGINT, amount DOUBLE, day DATE"),
+        ("s.json", '{"id": "bigint", "amount": "double", "day": "date"}'),
+        ("s.json", '[{"name": "id", "type": "bigint"}, {"name": "amount", "type": "double"}, {"name": "day", "type": "date"}]'),
+        ("s.yaml", "id: bigint\namount: double\nday: date\n"),
+        ("s.json", T.StructType([T.StructField("id", T.LongType()), T.StructField("amount", T.DoubleType()),
+                                 T.StructField("day", T.DateType())]).json()),
+    ],
+)
+def test_schema_file_formats(spark, tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    assert S.read_schema_file(str(path)) == [("id", T.LongType()), ("amount", T.DoubleType()), ("day", T.DateType())]
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("s.yaml", "id: [unclosed\n", "schema file does not parse"),
+        ("s.json", "{not json", "schema file does not parse"),
+        ("s.yaml", "id: flaot\n", "column 'id': unknown type 'flaot'"),
+        ("s.ddl", "id BIGINT,, x", "not a valid DDL schema"),
+        ("s.yaml", "id: array<int>\n", "type array<int> is not supported"),
+        ("s.yaml", "- 1\n- 2\n", "must be a mapping of column: type"),
+        ("s.ddl", "id INT, id DOUBLE", "column 'id' is listed twice"),
+    ],
+)
+def test_bad_schema_files(spark, tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as info:
+        S.read_schema_file(str(path))
+    assert str(path) in str(info.value)
+
+
+def test_missing_schema_file(tmp_path):
+    with pytest.raises(UserError, match="cannot read schema file"):
+        S.read_schema_file(str(tmp_path / "nope.yaml"))
