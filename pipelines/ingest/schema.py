@@ -4,8 +4,7 @@ Every check here is a Spark SQL expression, evaluated by Spark per row with no P
 per row. A value *fails* its type when it is present (non-null and not blank) but is not a
 valid literal of the type; the row then goes to quarantine with a reason naming the field.
 
-The same validity rule decides both inference and casting, so a column inferred as
-``double`` from the sample accepts exactly the values the inference accepted:
+Inference is strict, so that the inferred type keeps every sampled value as it was:
 
 - integers: optional sign and digits, no leading zeros (``007`` is an identifier, kept as text;
   the same holds for floating point);
@@ -18,7 +17,9 @@ The same validity rule decides both inference and casting, so a column inferred 
 - booleans: ``true`` / ``false`` (inference); Spark's boolean literals with an explicit type;
 - dates ``YYYY-MM-DD`` and ISO-8601 timestamps.
 
-Blank strings in a non-string column become null and are counted as ``empty``.
+Casting (an explicit or inferred type) is Spark's ``try_cast`` plus the two checks that
+keep values from changing silently: finite literals that overflow, and dates that are not
+ISO. Blank strings in a non-string column become null and are counted as ``empty``.
 """
 
 from __future__ import annotations
@@ -160,8 +161,8 @@ def _blank(value: Column) -> Column:
     return F.trim(value) == F.lit("")
 
 
-def _is_valid(raw: Column, dtype: T.DataType, *, for_inference: bool = False) -> Column:
-    """True when the (present, non-blank) string ``raw`` is a valid literal of ``dtype``."""
+def _infers_as(raw: Column, dtype: T.DataType) -> Column:
+    """True when the (present, non-blank) string ``raw`` is a plain literal of ``dtype``."""
     cast = raw.try_cast(dtype)
     if isinstance(dtype, _INTEGRAL):
         return raw.rlike(_INT_RE) & cast.isNotNull()
@@ -170,7 +171,7 @@ def _is_valid(raw: Column, dtype: T.DataType, *, for_inference: bool = False) ->
     if isinstance(dtype, T.DecimalType):
         return raw.rlike(_DECIMAL_RE) & cast.isNotNull()
     if isinstance(dtype, T.BooleanType):
-        return F.lower(F.trim(raw)).isin(*_BOOL_WORDS) if for_inference else cast.isNotNull()
+        return F.lower(F.trim(raw)).isin(*_BOOL_WORDS)
     if isinstance(dtype, T.DateType):
         return raw.rlike(_DATE_RE) & cast.isNotNull()
     if isinstance(dtype, (T.TimestampType, T.TimestampNTZType)):
@@ -203,7 +204,7 @@ def infer_types(sample: DataFrame, columns: Sequence[str]) -> dict[str, T.DataTy
         present = raw.isNotNull() & ~_blank(raw)
         aggs.append(F.count_if(present).alias(f"{c}\x00present"))
         for i, dtype in enumerate(INFERENCE_ORDER):
-            aggs.append(F.count_if(present & ~_is_valid(raw, dtype, for_inference=True)).alias(f"{c}\x00{i}"))
+            aggs.append(F.count_if(present & ~_infers_as(raw, dtype)).alias(f"{c}\x00{i}"))
     if not aggs:
         return {}
     row = sample.agg(*aggs).first().asDict()
@@ -219,7 +220,25 @@ def infer_types(sample: DataFrame, columns: Sequence[str]) -> dict[str, T.DataTy
     return inferred
 
 
-def check_field(raw: Column, *, name: str, source_type: T.DataType, target: T.DataType) -> FieldCheck:
+def cast_expr(raw: Column, *, source_type: T.DataType, target: T.DataType) -> Column | None:
+    """The typed value of a field (None when the source already has the target type).
+
+    Numbers and booleans are Spark's ``try_cast`` (so casting accepts what Spark accepts,
+    e.g. ``" 42 "``, ``+1``, ``007``; inference is the stricter step). Dates and timestamps
+    must also look like ISO dates, because Spark's cast turns ``2024`` into 2024-01-01.
+    """
+    if source_type == target:
+        return None
+    if isinstance(source_type, T.StringType) and isinstance(target, T.DateType):
+        return F.when(raw.rlike(_DATE_RE), raw.try_cast(target))
+    if isinstance(source_type, T.StringType) and isinstance(target, (T.TimestampType, T.TimestampNTZType)):
+        return F.when(raw.rlike(_TIMESTAMP_RE), raw.try_cast(target))
+    return raw.try_cast(target)
+
+
+def check_field(
+    raw: Column, *, name: str, source_type: T.DataType, target: T.DataType, cast: Column | None = None
+) -> FieldCheck:
     """The typed value of one field and its problem (null when fine), as Spark columns.
 
     Parameters
@@ -230,37 +249,33 @@ def check_field(raw: Column, *, name: str, source_type: T.DataType, target: T.Da
         The (safe) column name used in the reason.
     source_type, target : DataType
         The type ``raw`` has and the type the bronze column gets.
+    cast : Column, optional
+        :func:`cast_expr` of ``raw``, when the caller computed it once in an earlier
+        projection (the check refers to it several times); computed here otherwise.
     """
     if source_type == target:
         return FieldCheck(raw, F.lit(None).cast("string"))
+    if cast is None:
+        cast = cast_expr(raw, source_type=source_type, target=target)
+    t = target.simpleString()
     if not isinstance(source_type, T.StringType):
         # Native source types (Parquet/Delta with a schema file): a failed cast is a failure.
-        value = raw.try_cast(target)
-        problem = F.when(
-            raw.isNotNull() & value.isNull(),
-            F.format_string(f"{name}: cannot cast %s to {target.simpleString()}", _quoted(raw.cast("string"))),
-        )
-        return FieldCheck(value, problem)
-    present = raw.isNotNull() & ~_blank(raw)
-    cast = F.trim(raw).try_cast(target)
-    value = F.when(present, cast)
+        failed = raw.isNotNull() & cast.isNull()
+        return FieldCheck(cast, F.when(failed, F.format_string(f"{name}: cannot cast %s to {t}", _quoted(raw.cast("string")))))
+    # Blank strings are null values (counted as empty), not failures.
+    failed = cast.isNull() & raw.isNotNull() & ~_blank(raw)
+    out_of_range = F.format_string(f"{name}: value %s out of range for {t}", _quoted(raw))
+    cannot_parse = F.format_string(f"{name}: cannot parse %s as {t}", _quoted(raw))
     if isinstance(target, _FRACTIONAL):
-        overflow = raw.rlike(_DECIMAL_RE) & _is_inf(cast)
+        # Infinity only when the source says so; a finite literal beyond the range is not infinite.
+        problem = F.when(_is_inf(cast) & ~raw.rlike(_SPECIAL_FLOAT_RE), out_of_range)
     elif isinstance(target, _INTEGRAL):
-        overflow = raw.rlike(_INT_RE) & cast.isNull()
+        problem = F.when(failed & raw.rlike(_INT_RE), out_of_range)
     elif isinstance(target, T.DecimalType):
-        overflow = raw.rlike(_DECIMAL_RE) & cast.isNull()
+        problem = F.when(failed & raw.rlike(_DECIMAL_RE), out_of_range)
     else:
-        overflow = F.lit(False)
-    problem = (
-        F.when(~present | _is_valid(raw, target), F.lit(None).cast("string"))
-        .when(
-            overflow,
-            F.format_string(f"{name}: value %s out of range for {target.simpleString()}", _quoted(raw)),
-        )
-        .otherwise(F.format_string(f"{name}: cannot parse %s as {target.simpleString()}", _quoted(raw)))
-    )
-    return FieldCheck(value, problem)
+        problem = F.when(F.lit(False), out_of_range)
+    return FieldCheck(cast, problem.when(failed, cannot_parse))
 
 
 def _quoted(value: Column, limit: int = 40) -> Column:

@@ -354,8 +354,16 @@ def _plan(
 ) -> DataFrame:
     """Typed columns, ``_row_id``, ``_source_file``, ``_reason`` and ``_raw`` for every source row."""
     text = s.format in ("csv", "json")
+    # Each cast is computed once in its own projection: the checks below refer to it several times.
+    casts = {
+        c: S.cast_expr(F.col(c), source_type=t, target=cols.target[c])
+        for c, t in zip(cols.safe, cols.read_types, strict=True)
+    }
+    typed = {c: f"_typed_{i}" for i, c in enumerate(cols.safe) if casts[c] is not None}
+    raw = raw.select("*", *[casts[c].alias(name) for c, name in typed.items()])
     checks = {
-        c: S.check_field(F.col(c), name=c, source_type=t, target=cols.target[c])
+        c: S.check_field(F.col(c), name=c, source_type=t, target=cols.target[c],
+                         cast=F.col(typed[c]) if c in typed else None)
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
@@ -395,7 +403,7 @@ def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: Ingest
     if s.format in ("csv", "json") and s.encoding.upper().replace("-", "") == "UTF8":
         # Spark decodes invalid UTF-8 to U+FFFD; finding it is how undecodable bytes are caught.
         undecodable = {
-            c: F.when(_undecodable(F.col(c)), F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
+            c: F.when(_undecodable(F.col(c), s.format), F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
             for c, t in zip(cols.safe, cols.read_types, strict=True)
             if isinstance(t, T.StringType)
         }
@@ -416,16 +424,17 @@ def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings
         )
     else:
         bad_record = F.lit("malformed JSON record (not one JSON object per line)")
-    undecodable = F.when(_undecodable(corrupt), F.lit(f"undecodable bytes (not valid {s.encoding})"))
+    undecodable = F.when(_undecodable(corrupt, s.format), F.lit(f"undecodable bytes (not valid {s.encoding})"))
     reason = F.when(corrupt.isNotNull(), F.concat_ws("; ", bad_record, undecodable))
     if s.format == "csv" and s.header:
         reason = reason.when(_repeated_header(cols), F.lit("repeated header row"))
     return reason.otherwise(_field_problems(cols, checks, s))
 
 
-def _undecodable(text: Column) -> Column:
+def _undecodable(text: Column, fmt: str) -> Column:
     # The CSV reader decodes bad bytes to U+FFFD; the JSON reader keeps them as invalid UTF-8.
-    return (F.instr(text, "\ufffd") > 0) | ~F.call_function("is_valid_utf8", text)
+    replaced = F.instr(text, "\ufffd") > 0
+    return replaced if fmt == "csv" else replaced | ~F.call_function("is_valid_utf8", text)
 
 
 def _repeated_header(cols: Columns) -> Column:
