@@ -133,7 +133,8 @@ def test_messy_csv_with_schema_file_quarantines_values_that_fail_their_type(spar
         "amount: cannot parse '1,5' as double",
         "amount: value '1e400' out of range for double",
     ])
-    assert summary["special_values"]["amount"] == {"null": 2, "empty": 1, "nan": 1, "pos_inf": 1, "neg_inf": 1}
+    # null: no value in the source (row 5); empty: blank text (row 13); both are null in bronze.
+    assert summary["special_values"]["amount"] == {"null": 1, "empty": 1, "nan": 1, "pos_inf": 1, "neg_inf": 1}
     assert summary["special_values"]["note"] == {"null": 0, "empty": 0}
     assert [c["from"] for c in summary["schema"]] == ["schema_file"] * 3
 
@@ -184,8 +185,9 @@ def test_json_lines_with_broken_lines(spark, tmp_path, capsys):
         '{"id": 5, "v": "\xff"}',
     ]
     data = "\n".join(lines).encode("utf-8").replace("\xff".encode(), b"\xff") + b"\n"
-    src = write(tmp_path / "j" / "a.jsonl", data)
-    summary, bronze, quarantine = ok_run(capsys, spark, "--source", tmp_path / "j", "--format", "json",
+    # A folder name Spark must URL-encode: ids and _source_file go through the decoding lookup.
+    src = write(tmp_path / "j son é%" / "a.jsonl", data)
+    summary, bronze, quarantine = ok_run(capsys, spark, "--source", src.parent, "--format", "json",
                                          "--output", tmp_path / "out")
     assert summary["counts"]["rows_read"] == 6  # the blank line is not a record
     expected = spark.createDataFrame(
@@ -204,6 +206,8 @@ def test_json_lines_with_broken_lines(spark, tmp_path, capsys):
     assert sorted(r._raw for r in quarantine.collect() if r._raw.startswith("{broken") or r._raw.endswith('"x"')) == [
         '{"id": 3, "v": "x"', "{broken"]
     assert {r._source_file for r in quarantine.collect()} == {str(src)}
+    assert {r._source_file for r in bronze.collect()} == {str(src)}
+    assert sorted(r._row_id for r in bronze.collect()) == [0, 1, 4]  # record positions (a blank line is none)
 
 
 def _parquet(path, table):

@@ -11,6 +11,7 @@ import fnmatch
 import glob
 import io
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ _GLOB_CHARS = "*?["
 _DELIMITERS = (",", ";", "\t", "|")
 # Hadoop picks a decompression codec by extension; such files hold more rows than bytes.
 COMPRESSED_RE = r"(?i)\.(gz|bz2|deflate|lz4|snappy|zst|xz)$"
+# Paths Hadoop puts in a URI unchanged, so Spark's file_path is predictable without decoding it.
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9/._=+-]+$")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,13 @@ class SourceFile:
     path: str
     size: int
     mtime_ms: int
+
+    @property
+    def spark_path(self) -> str | None:
+        """Spark's ``_metadata.file_path`` for this file when it is certain (no character to escape)."""
+        if fs.is_remote(self.path):
+            return self.path if _PLAIN_PATH.match(self.path.split("://", 1)[1]) else None
+        return f"file:{self.key}" if _PLAIN_PATH.match(self.key) else None
 
     @property
     def key(self) -> str:
@@ -189,7 +199,7 @@ def csv_header(f: SourceFile, *, delimiter: str | None, encoding: str) -> tuple[
     if delimiter is None:
         delimiter = sniff_delimiter(text.split("\n", 1)[0])
     first = next(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar='"'), [])
-    return [name.strip() for name in first], delimiter
+    return first, delimiter
 
 
 def check_headers(files: list[SourceFile], header: list[str], *, delimiter: str, encoding: str) -> None:

@@ -17,6 +17,24 @@ so a split of ``n`` bytes holds fewer than ``n`` rows and positions from differe
 never meet; the run checks this per row and fails if it ever does not hold. The split of a
 file is fixed (``SPLIT_BYTES``, one split per task) so ids do not depend on the number of
 cores: the same files give the same ids on every run.
+
+Decisions
+---------
+- Counting: ``rows_read`` and ``rows_quarantined`` come from the Observation, ``rows_written``
+  from the committed bronze table; if ``rows_read != rows_written + rows_quarantined`` the run
+  fails (exit 1) and its files are not recorded as ingested.
+- CSV: an empty field is null (Spark cannot tell ``,,`` from ``,"",``); whitespace-only
+  values in non-string columns are null and counted as ``empty``. A data row equal to the
+  header is quarantined as "repeated header row". Every file must start with the same header.
+- JSON lines: the keys come from a full pass of Spark's schema inference (a key that first
+  appears late would otherwise be dropped silently); blank lines are not records.
+- Undecodable bytes: the CSV reader turns them into U+FFFD, the JSON reader keeps invalid
+  UTF-8; both are quarantined, and ``_raw`` is stored as valid UTF-8.
+- Output files: ``ceil(input_bytes / target_file_mb)`` files; the plan is repartitioned (by
+  ``_row_id``) only when the input has more splits than that, so large files pay no shuffle.
+- Append: files whose path is in ``_ingested_files`` are refused (all refused: exit 2) unless
+  ``force``; ids continue after the last recorded file ordinal. A run that committed rows but
+  not its ledger entry blocks later appends instead of duplicating rows.
 """
 
 from __future__ import annotations
@@ -129,7 +147,7 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
             raw, cols = _read_raw(spark, s, files)
             _choose_types(raw, cols, s, out["bronze"], run)
         plan = _plan(raw, cols, s, files, first_ordinal=first_ordinal, ingested_at=ingested_at)
-        _write(plan, cols, s, files, out, run)
+        _write(plan, cols, s, files, out, run, first_ordinal=first_ordinal)
     if run.status == "running":
         _write_ledger(s, files, first_ordinal, out["_ingested_files"], run, ingested_at)
 
@@ -367,8 +385,9 @@ def _plan(
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
-    ordinals = F.create_map(*[x for i, f in enumerate(files) for x in (F.lit(f.key), F.lit(first_ordinal + i))])
-    path_key = src.file_key(F.col("_file_path"))
+    ordinal = _file_ordinal(files, first_ordinal)
+    # Clean (decoded) paths by ordinal: a constant array, looked up once per row.
+    source_file = F.element_at(F.array(*[F.lit(f.key) for f in files]), (ordinal - first_ordinal + 1).cast("int"))
     if text:
         factor = F.when(F.col("_file_path").rlike(src.COMPRESSED_RE), COMPRESSED_FACTOR).otherwise(1)
         position = F.col("_block_start") * factor + F.col("_row_in_split")
@@ -378,18 +397,37 @@ def _plan(
     else:
         position, id_ok = F.col("_row_index"), F.lit(True)
         raw_record = F.to_json(F.struct(*cols.safe))
-    row_id = F.shiftleft(F.element_at(ordinals, path_key).cast("long"), ROW_BITS) + position
+    row_id = F.shiftleft(ordinal, ROW_BITS) + position
     return raw.select(
         *[checks[c].value.alias(c) for c in cols.safe],
         row_id.alias(N.ROW_ID),
-        path_key.alias(N.SOURCE_FILE),
+        source_file.alias(N.SOURCE_FILE),
         F.lit(ingested_at.isoformat()).cast("timestamp").alias(N.INGESTED_AT),
         reason.alias("_reason"),
         # Valid UTF-8 (bad bytes as U+FFFD), so every reader of the quarantine can load it.
         F.call_function("make_valid_utf8", raw_record).alias("_raw"),
         id_ok.alias("_id_ok"),
-        *[F.col(c).alias(f"_present_{i}") for i, c in enumerate(cols.safe) if _counts_empty(cols, c)],
+        *[F.col(c).alias(f"_source_{i}") for i, c in enumerate(cols.safe) if _counts_empty(cols, c)],
     )
+
+
+def _file_ordinal(files: list[src.SourceFile], first_ordinal: int) -> Column:
+    """The file ordinal of each row, from Spark's ``_metadata.file_path``.
+
+    The plain lookup (Spark's exact path string, known for paths with nothing to escape)
+    is tried first; URL-decoding the path per row is the fallback, so rows of ordinary
+    files pay no string decoding.
+    """
+    def lookup(pairs: list[tuple[str, int]], key: Column) -> Column:
+        if not pairs:
+            return F.lit(None).cast("long")
+        keys, values = zip(*pairs, strict=True)
+        return F.element_at(F.map_from_arrays(F.array(*map(F.lit, keys)), F.array(*map(F.lit, values))), key)
+
+    numbered = [(f, first_ordinal + i) for i, f in enumerate(files)]
+    plain = lookup([(f.spark_path, n) for f, n in numbered if f.spark_path], F.col("_file_path"))
+    decoded = lookup([(f.key, n) for f, n in numbered], src.file_key(F.col("_file_path")))
+    return F.coalesce(plain, decoded).cast("long")
 
 
 def _counts_empty(cols: Columns, c: str) -> bool:
@@ -410,7 +448,10 @@ def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: Ingest
     # An undecodable field is reported as such, not also as a value of the wrong type.
     problems = [F.coalesce(undecodable[c], checks[c].problem) if c in undecodable else checks[c].problem
                 for c in cols.safe]
-    return F.nullif(F.concat_ws("; ", *problems), F.lit("")) if problems else F.lit(None).cast("string")
+    if not problems:
+        return F.lit(None).cast("string")
+    # The joined text is built only for failing rows; a good row costs one null check per field.
+    return F.when(F.coalesce(*problems).isNotNull(), F.concat_ws("; ", *problems))
 
 
 def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
@@ -441,7 +482,7 @@ def _repeated_header(cols: Columns) -> Column:
     """A data row equal to the header (files concatenated with their headers)."""
     repeated = F.lit(True)
     for c, o in zip(cols.safe, cols.original, strict=True):
-        repeated = repeated & F.coalesce(F.trim(F.col(c)) == F.lit(o), F.lit(False))
+        repeated = repeated & F.coalesce(F.col(c) == F.lit(o), F.lit(False))
     return repeated
 
 
@@ -450,6 +491,7 @@ def _java_regex_literal(text: str) -> str:
 
 
 def _observed_metrics(cols: Columns) -> list[Column]:
+    """The counts taken while the source is read: kept few, since each one is evaluated per row."""
     good = F.col("_reason").isNull()
     metrics = [
         F.count(F.lit(1)).alias("rows_read"),
@@ -458,18 +500,43 @@ def _observed_metrics(cols: Columns) -> list[Column]:
         F.count_if(F.col(N.ROW_ID).isNull()).alias("ids_null"),
     ]
     for i, c in enumerate(cols.safe):
-        value, target = F.col(c), cols.target[c]
-        metrics.append(F.count_if(good & value.isNull()).alias(f"{c}\x00null"))
         if _counts_empty(cols, c):
-            blank = F.col(f"_present_{i}").isNotNull() & (F.trim(F.col(f"_present_{i}")) == "")
-            metrics.append(F.count_if(good & blank).alias(f"{c}\x00empty"))
-        elif isinstance(target, T.StringType):
-            metrics.append(F.count_if(good & (value == "")).alias(f"{c}\x00empty"))
-        if isinstance(target, (T.FloatType, T.DoubleType)):
-            metrics.append(F.count_if(good & F.isnan(value)).alias(f"{c}\x00nan"))
-            metrics.append(F.count_if(good & (value == float("inf"))).alias(f"{c}\x00pos_inf"))
-            metrics.append(F.count_if(good & (value == float("-inf"))).alias(f"{c}\x00neg_inf"))
+            # A good row whose typed value is null but whose source text was not: the text was blank.
+            blank = good & F.col(c).isNull() & F.col(f"_source_{i}").isNotNull()
+            metrics.append(F.count_if(blank).alias(f"{c}\x00empty"))
     return metrics
+
+
+def _special_values(
+    spark: SparkSession, bronze: str, cols: Columns, metrics: Mapping[str, Any], first_ordinal: int
+) -> dict[str, dict[str, int]]:
+    """Per column: null, empty, NaN, +inf and -inf counts of this run's bronze rows.
+
+    Counted on the committed table (the rows of this run: ids from its first file
+    ordinal on), reading only the columns, which is cheaper than counting them per row
+    while the source is parsed.
+    """
+    aggs = []
+    for c in cols.safe:
+        value, target = F.col(c), cols.target[c]
+        aggs.append(F.count_if(value.isNull()).alias(f"{c}\x00null"))
+        if isinstance(target, T.StringType):
+            aggs.append(F.count_if(value == "").alias(f"{c}\x00empty"))
+        if isinstance(target, (T.FloatType, T.DoubleType)):
+            aggs.append(F.count_if(F.isnan(value)).alias(f"{c}\x00nan"))
+            aggs.append(F.count_if(value == float("inf")).alias(f"{c}\x00pos_inf"))
+            aggs.append(F.count_if(value == float("-inf")).alias(f"{c}\x00neg_inf"))
+    rows = delta.read_table(spark, bronze).where(F.col(N.ROW_ID) >= F.lit(first_ordinal << ROW_BITS))
+    counts = {**rows.agg(*aggs).first().asDict(), **{k: v for k, v in metrics.items() if "\x00" in k}}
+    result: dict[str, dict[str, int]] = {c: {} for c in cols.safe}
+    for key, value in counts.items():
+        column, kind = key.split("\x00")
+        result[column][kind] = int(value)
+    for c in cols.safe:
+        if _counts_empty(cols, c):
+            result[c]["null"] -= result[c]["empty"]  # blank source text is counted as empty, not null
+    return {c: {k: result[c][k] for k in ("null", "empty", "nan", "pos_inf", "neg_inf") if k in result[c]}
+            for c in cols.safe}
 
 
 def _write(
@@ -479,6 +546,8 @@ def _write(
     files: list[src.SourceFile],
     out: Mapping[str, str],
     run: Run,
+    *,
+    first_ordinal: int,
 ) -> None:
     input_bytes = sum(f.size for f in files)
     splits = sum(max(1, math.ceil(f.size / SPLIT_BYTES)) for f in files)
@@ -516,7 +585,8 @@ def _write(
                                properties=props)
     run.counts.update(rows_read=rows_read, rows_written=written, rows_quarantined=quarantined, output_files_target=n_files)
     run.outputs.update(bronze=out["bronze"], quarantine=out["quarantine"], ingested_files=out["_ingested_files"])
-    run.details["special_values"] = _special_values(metrics, cols)
+    with run.timed("special values"):
+        run.details["special_values"] = _special_values(plan.sparkSession, out["bronze"], cols, metrics, first_ordinal)
     if rows_read != written + quarantined or written != rows_read - rows_bad:
         run.status = "failed"
         run.error = (
@@ -550,15 +620,6 @@ def _sized(df: DataFrame, n_files: int, splits: int) -> DataFrame:
     writes at most one target-sized file, so no shuffle is paid.
     """
     return df.repartition(n_files, N.ROW_ID) if n_files < splits else df
-
-
-def _special_values(metrics: Mapping[str, Any], cols: Columns) -> dict[str, dict[str, int]]:
-    result: dict[str, dict[str, int]] = {c: {} for c in cols.safe}
-    for key, value in metrics.items():
-        if "\x00" in key:
-            column, kind = key.split("\x00")
-            result[column][kind] = int(value)
-    return result
 
 
 def _properties(cols: Columns, s: IngestSettings, run: Run) -> dict[str, str]:
