@@ -264,18 +264,20 @@ def check_field(
         return FieldCheck(cast, F.when(failed, F.format_string(f"{name}: cannot cast %s to {t}", _quoted(raw.cast("string")))))
     # Blank strings are null values (counted as empty), not failures.
     failed = cast.isNull() & raw.isNotNull() & ~_blank(raw)
-    out_of_range = F.format_string(f"{name}: value %s out of range for {t}", _quoted(raw))
-    cannot_parse = F.format_string(f"{name}: cannot parse %s as {t}", _quoted(raw))
     if isinstance(target, _FRACTIONAL):
         # Infinity only when the source says so; a finite literal beyond the range is not infinite.
-        problem = F.when(_is_inf(cast) & ~raw.rlike(_SPECIAL_FLOAT_RE), out_of_range)
+        out_of_range = _is_inf(cast) & ~raw.rlike(_SPECIAL_FLOAT_RE)
     elif isinstance(target, _INTEGRAL):
-        problem = F.when(failed & raw.rlike(_INT_RE), out_of_range)
+        out_of_range = failed & raw.rlike(_INT_RE)
     elif isinstance(target, T.DecimalType):
-        problem = F.when(failed & raw.rlike(_DECIMAL_RE), out_of_range)
+        out_of_range = failed & raw.rlike(_DECIMAL_RE)
     else:
-        problem = F.when(F.lit(False), out_of_range)
-    return FieldCheck(cast, problem.when(failed, cannot_parse))
+        out_of_range = F.lit(False)
+    # The quoted value appears once, inside the failing branch: Spark's common-subexpression
+    # elimination would otherwise compute it (a regex replace) for every row.
+    head = F.when(out_of_range, F.lit(f"{name}: value ")).when(failed, F.lit(f"{name}: cannot parse "))
+    tail = F.when(out_of_range, F.lit(f" out of range for {t}")).otherwise(F.lit(f" as {t}"))
+    return FieldCheck(cast, F.when(head.isNotNull(), F.concat(head, _quoted(raw), tail)))
 
 
 def _quoted(value: Column, limit: int = 40) -> Column:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -378,18 +379,21 @@ def _plan(
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     typed = {c: f"_typed_{i}" for i, c in enumerate(cols.safe) if casts[c] is not None}
-    raw = raw.select("*", *[casts[c].alias(name) for c, name in typed.items()])
+    raw = raw.select("*", *[casts[c].alias(name) for c, name in typed.items()],
+                     _file_ordinal(files, first_ordinal).alias("_ordinal"))
     checks = {
         c: S.check_field(F.col(c), name=c, source_type=t, target=cols.target[c],
                          cast=F.col(typed[c]) if c in typed else None)
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
-    ordinal = _file_ordinal(files, first_ordinal)
-    # Clean (decoded) paths by ordinal: a constant array, looked up once per row.
-    source_file = F.element_at(F.array(*[F.lit(f.key) for f in files]), (ordinal - first_ordinal + 1).cast("int"))
+    ordinal = F.col("_ordinal")
+    index = (ordinal - first_ordinal + 1).cast("int")
+    # Per-file constants by ordinal (constant arrays): no string work per row.
+    source_file = F.element_at(F.array(*[F.lit(f.key) for f in files]), index)
     if text:
-        factor = F.when(F.col("_file_path").rlike(src.COMPRESSED_RE), COMPRESSED_FACTOR).otherwise(1)
+        compressed = [bool(re.search(src.COMPRESSED_RE, f.path)) for f in files]
+        factor = F.element_at(F.array(*[F.lit(COMPRESSED_FACTOR if c else 1) for c in compressed]), index)
         position = F.col("_block_start") * factor + F.col("_row_in_split")
         # The ids of one split stay inside its own byte range only if this holds (module docstring).
         id_ok = F.col("_row_in_split") < F.greatest(F.col("_block_length") * factor, F.lit(1))
@@ -496,8 +500,7 @@ def _observed_metrics(cols: Columns) -> list[Column]:
     metrics = [
         F.count(F.lit(1)).alias("rows_read"),
         F.count_if(~good).alias("rows_bad"),
-        F.count_if(~F.col("_id_ok")).alias("ids_out_of_range"),
-        F.count_if(F.col(N.ROW_ID).isNull()).alias("ids_null"),
+        F.count_if(~F.col("_id_ok") | F.col(N.ROW_ID).isNull()).alias("ids_bad"),
     ]
     for i, c in enumerate(cols.safe):
         if _counts_empty(cols, c):
@@ -562,9 +565,9 @@ def _write(
         written = _write_counted(good, out["bronze"], mode=s.mode, properties=props, target_file_bytes=target_bytes)
     metrics = observation.get
     rows_read, rows_bad = metrics["rows_read"], metrics["rows_bad"]
-    if metrics["ids_out_of_range"] or metrics["ids_null"]:
+    if metrics["ids_bad"]:
         raise RuntimeError(
-            f"row id invariant broken ({metrics['ids_out_of_range']} out of range, {metrics['ids_null']} null): "
+            f"row id invariant broken for {metrics['ids_bad']} rows (null, or outside their split's range): "
             f"bronze {out['bronze']} may hold duplicate ids; this is a bug"
         )
     quarantined = 0
