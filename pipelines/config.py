@@ -110,7 +110,7 @@ class TokenizeSettings(_Section):
     output: str = "output/tokenize"
     bins: int = Field(256, ge=2)
     method: Literal["quantile", "uniform"] = "quantile"
-    relative_error: float = Field(1e-4, gt=0.0, lt=1.0)
+    relative_error: float = Field(1e-4, ge=1e-9, lt=1.0)  # percentile_approx accuracy = ceil(1 / relative_error)
     detokenize: bool = False
     tokenizer: str | None = None
     value: Literal["mean", "centre"] = "mean"

@@ -131,8 +131,8 @@ def test_round_trip_rmse_from_sums_equals_direct_and_means_beat_centres(rng):
     )
     assert agg["_t0"].to_list() == list(range(bins.n_bins))
     count, sd, ssd = agg["n"].to_numpy(), agg["s"].to_numpy(), agg["ss"].to_numpy()
-    sse_mean, sse_centre = K.reconstruction_sse(count, sd, ssd)
-    fitted = K.ColumnBins("x", edges, means=bins.centres + sd / count)
+    sse_mean, sse_centre = K.reconstruction_sse(bins, count, sd, ssd)
+    fitted = K.ColumnBins("x", edges, means=K.bin_means(bins, count, sd))
     tokens = K.tokenize_values(pl.Series(finite), fitted).tokens
     direct_mean = np.sum((finite - fitted.bin_values("mean")[tokens]) ** 2)
     direct_centre = np.sum((finite - fitted.centres[tokens]) ** 2)
@@ -140,6 +140,17 @@ def test_round_trip_rmse_from_sums_equals_direct_and_means_beat_centres(rng):
     assert sse_mean < sse_centre
     # the means are the numpy per-bin means
     np.testing.assert_allclose(fitted.means, [finite[tokens == b].mean() for b in range(bins.n_bins)], rtol=1e-12)
+
+
+def test_tied_bin_mean_is_exact():
+    x = np.array([0.1] * 7 + [0.3, 0.7])
+    bins = K.ColumnBins("x", np.array([0.1, 0.5, 0.7]))
+    stats = K.fit_stats_kernel([bins])(_frame(x=x))
+    assert stats["_d0"].to_list()[:7] == [0.0] * 7
+    count = np.bincount(stats["_t0"].to_numpy(), minlength=2)
+    sums = np.bincount(stats["_t0"].to_numpy(), weights=stats["_d0"].to_numpy(), minlength=2)
+    assert K.bin_means(bins, count, sums)[0] == pytest.approx((0.1 * 7 + 0.3) / 8, rel=1e-15)
+    assert K.bin_means(bins, np.array([3, 0]), np.array([0.0, 0.0])).tolist()[0] == 0.1
 
 
 def test_kernels_are_row_local_whatever_the_batches(rng):

@@ -272,9 +272,9 @@ def tokenize_values(values: pl.Series, bins: ColumnBins) -> Tokenized:
     return Tokenized(tokens=tokens, out_of_range=out_of_range, finite=finite)
 
 
-def _check_columns(df: pl.DataFrame, columns: Sequence[ColumnBins]) -> None:
+def _check_columns(df: pl.DataFrame, columns: Sequence[ColumnBins], *, row_id: bool = True) -> None:
     missing = [c.column for c in columns if c.column not in df.columns]
-    if ROW_ID not in df.columns:
+    if row_id and ROW_ID not in df.columns:
         missing.insert(0, ROW_ID)
     if missing:
         raise KeyError(f"kernel input lacks columns {missing}")
@@ -317,24 +317,27 @@ def fit_stats_kernel(columns: Sequence[ColumnBins]) -> Kernel:
     """Kernel for the fit-time statistics pass: per column ``i`` three columns.
 
     ``_t{i}`` (Int32) the token, ``_o{i}`` (Int8) the out-of-range flag (-1 below, +1
-    above, 0 otherwise), ``_d{i}`` (Float64) the value minus its bin centre (null for
-    reserved tokens). Positional names, so no input column name can collide. The stage
-    aggregates count, sum(d) and sum(d^2) per (column, token, flag): bin means are
-    ``centre + sum(d) / count`` and the reconstruction errors follow exactly from the
-    sums (:func:`reconstruction_sse`) without a second pass. Differences from the
-    centre are bounded by the bin width, which keeps the sums well conditioned.
+    above, 0 otherwise), ``_d{i}`` (Float64) the offset ``(x - lower) / width`` of the
+    value in its bin, in bin widths (width 1 for the zero-width bin of a constant
+    column; null for reserved tokens). Positional names, so no input column name can
+    collide. The stage aggregates count, sum(d) and sum(d^2) per (column, token, flag):
+    bin means are ``lower + width * sum(d) / count`` (:func:`bin_means`) and the
+    reconstruction errors follow exactly from the sums (:func:`reconstruction_sse`)
+    without a second pass. Offsets lie in [0, 1] (except out-of-range values), which
+    keeps the sums well conditioned and lets the stage sum them as exact decimals, so
+    the means do not depend on the partitioning; a bin of tied values gets exactly
+    their value as mean.
     """
     columns = list(columns)
 
     def kernel(df: pl.DataFrame) -> pl.DataFrame:
-        _check_columns(df, columns)
+        _check_columns(df, columns, row_id=False)
         out: list[pl.Series] = []
         for i, c in enumerate(columns):
             values = df.get_column(c.column)
             tok = tokenize_values(values, c)
-            in_bins = tok.tokens < c.n_bins
-            centre = c.centres[np.where(in_bins, tok.tokens, 0)]
-            diff = values.cast(pl.Float64).to_numpy() - centre
+            b = np.where(tok.tokens < c.n_bins, tok.tokens, 0)
+            diff = (values.cast(pl.Float64).to_numpy() - c.edges[b]) / bin_units(c)[b]
             out.append(pl.Series(f"_t{i}", tok.tokens, dtype=pl.Int64).cast(pl.Int32))
             out.append(pl.Series(f"_o{i}", tok.out_of_range))
             out.append(_masked_series(f"_d{i}", diff, ~tok.finite))
@@ -343,27 +346,51 @@ def fit_stats_kernel(columns: Sequence[ColumnBins]) -> Kernel:
     return kernel
 
 
-def reconstruction_sse(count: np.ndarray, sum_diff: np.ndarray, sum_sq_diff: np.ndarray) -> tuple[float, float]:
+def bin_units(bins: ColumnBins) -> np.ndarray:
+    """The unit of the fit offsets per bin: its width, or 1 for a zero-width bin."""
+    width = np.diff(bins.edges)
+    return np.where(width > 0, width, 1.0)
+
+
+def bin_means(bins: ColumnBins, count: np.ndarray, sum_diff: np.ndarray) -> np.ndarray:
+    """Bin means ``lower + unit * sum_diff / count`` (NaN for empty bins), from the fit statistics."""
+    count = np.asarray(count, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(count > 0, bins.edges[:-1] + bin_units(bins) * (np.asarray(sum_diff) / count), np.nan)
+
+
+def reconstruction_sse(
+    bins: ColumnBins, count: np.ndarray, sum_diff: np.ndarray, sum_sq_diff: np.ndarray
+) -> tuple[float, float]:
     """Sum of squared reconstruction errors, with bin means and with bin centres.
 
     Parameters
     ----------
+    bins : ColumnBins
     count, sum_diff, sum_sq_diff : ndarray of shape (n_bins,)
-        Per bin: number of finite values, sum and sum of squares of ``x - centre``.
+        Per bin: number of finite values, sum and sum of squares of the offsets ``d``
+        (:func:`fit_stats_kernel`).
 
     Returns
     -------
     (sse_mean, sse_centre) : tuple of float
-        ``sum (x - mean_b)^2`` and ``sum (x - centre_b)^2`` over all finite values,
-        where ``mean_b = centre_b + sum_diff_b / count_b`` is the stored bin mean.
+        ``sum (x - mean_b)^2`` and ``sum (x - centre_b)^2`` over all finite values, where
+        ``mean_b`` is :func:`bin_means` (what detokenising to means returns).
     """
-    count = np.asarray(count, dtype=np.float64)
-    sum_diff = np.asarray(sum_diff, dtype=np.float64)
-    sum_sq_diff = np.asarray(sum_sq_diff, dtype=np.float64)
+    n = np.asarray(count, dtype=np.float64)
+    s = np.asarray(sum_diff, dtype=np.float64)
+    ss = np.asarray(sum_sq_diff, dtype=np.float64)
+    unit = bin_units(bins)
+    half = np.diff(bins.edges) / unit / 2.0  # the centre's offset: 1/2, or 0 in a zero-width bin
     with np.errstate(divide="ignore", invalid="ignore"):
-        # sum (x - m)^2 = sum d^2 - (sum d)^2 / n; rounding can make it a hair negative.
-        within = np.where(count > 0, sum_sq_diff - sum_diff**2 / count, 0.0)
-    return float(np.maximum(within, 0.0).sum()), float(sum_sq_diff.sum())
+        # sum (d - s/n)^2 = ss - s^2/n and sum (d - half)^2 = ss - 2 half s + n half^2;
+        # rounding can make either a hair negative.
+        within = np.where(n > 0, ss - s**2 / n, 0.0)
+    around_centre = ss - 2.0 * half * s + n * half**2
+    return (
+        float((np.maximum(within, 0.0) * unit**2).sum()),
+        float((np.maximum(around_centre, 0.0) * unit**2).sum()),
+    )
 
 
 # --------------------------------------------------------------------------- detokenising

@@ -1,0 +1,39 @@
+"""Tokenise numeric columns into integer tokens, or map tokens back to values.
+
+    spark-submit jobs/tokenize.py --input TABLE --columns a,b --output OUT \
+        [--bins 256] [--method quantile|uniform] [--relative-error 1e-4] [--engine spark|polars]
+    spark-submit jobs/tokenize.py --detokenize --tokenizer OUT/tokenizer --input OUT/tokens \
+        --output BACK [--value mean|centre] [--engine spark|polars]
+
+Writes OUT/tokenizer and OUT/tokens (or BACK/detokenized) as Delta tables and
+OUT/_runs/<run_id>.json; the last stdout line is that summary. Config section: ``tokenize``.
+"""
+
+from __future__ import annotations
+
+from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
+from pipelines.tokenize import run as stage_run
+
+
+def build_parser() -> JobArgumentParser:
+    p = JobArgumentParser(prog="tokenize", description=__doc__.split("\n\n")[0])
+    add_config_flag(p)
+    p.add_argument("--input", metavar="TABLE", help="Delta table with _row_id (tokens table with --detokenize)")
+    p.add_argument("--columns", type=csv_list, metavar="A,B", help="numeric columns to tokenise (default with --detokenize: all)")
+    p.add_argument("--output", metavar="DIR", help="output root")
+    p.add_argument("--bins", type=int, help="bins per column (default 256)")
+    p.add_argument("--method", choices=["quantile", "uniform"], help="quantile edges or Chronos mean-scaled uniform bins")
+    p.add_argument("--relative-error", type=float, help="rank error of the approximate quantiles (default 1e-4)")
+    p.add_argument("--detokenize", action="store_true", default=None, help="map tokens back to values")
+    p.add_argument("--tokenizer", metavar="TABLE", help="OUT/tokenizer of a tokenize run (with --detokenize)")
+    p.add_argument("--value", choices=["mean", "centre"], help="detokenised value of a bin (default mean)")
+    p.add_argument("--engine", choices=["spark", "polars"], help="who runs the per-partition kernels (default spark)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return execute("tokenize", build_parser(), argv, stage_run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
