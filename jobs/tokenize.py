@@ -19,7 +19,7 @@ def build_parser() -> JobArgumentParser:
     p = JobArgumentParser(prog="tokenize", description=__doc__.split("\n\n")[0])
     add_config_flag(p)
     p.add_argument("--input", metavar="TABLE", help="Delta table with _row_id (tokens table with --detokenize)")
-    p.add_argument("--columns", type=csv_list, metavar="A,B", help="numeric columns to tokenise (default with --detokenize: all)")
+    p.add_argument("--columns", type=csv_list, metavar="A,B", help="numeric columns (default: every numeric column; with --detokenize: all the tokenizer's)")
     p.add_argument("--output", metavar="DIR", help="output root")
     p.add_argument("--bins", type=int, help="bins per column (default 256)")
     p.add_argument("--method", choices=["quantile", "uniform"], help="quantile edges or Chronos mean-scaled uniform bins")

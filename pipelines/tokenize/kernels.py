@@ -71,6 +71,11 @@ ROW_ID = "_row_id"
 RESERVED = ("null", "nan", "neg_inf", "pos_inf")
 NULL_OFFSET, NAN_OFFSET, NEG_INF_OFFSET, POS_INF_OFFSET = range(len(RESERVED))
 
+#: Fixed point of the in-range fit offsets (in [0, 1] bin widths): ``round(d * 2**32)``
+#: summed as 64-bit integers is exact and order-free for up to 2**31 values per bin, and
+#: resolves a bin mean to 2**-33 of its width.
+OFFSET_SCALE = 2.0**32
+
 #: Chronos's range of scaled values for the ``uniform`` method.
 UNIFORM_LIMIT = 15.0
 
@@ -324,8 +329,8 @@ def fit_stats_kernel(columns: Sequence[ColumnBins]) -> Kernel:
     bin means are ``lower + width * sum(d) / count`` (:func:`bin_means`) and the
     reconstruction errors follow exactly from the sums (:func:`reconstruction_sse`)
     without a second pass. Offsets lie in [0, 1] (except out-of-range values), which
-    keeps the sums well conditioned and lets the stage sum them as exact decimals, so
-    the means do not depend on the partitioning; a bin of tied values gets exactly
+    keeps the sums well conditioned and lets the stage sum them exactly in fixed point
+    (:data:`OFFSET_SCALE`), so the means do not depend on the partitioning; a bin of tied values gets exactly
     their value as mean.
     """
     columns = list(columns)

@@ -8,8 +8,8 @@ Tokenising (``--input TABLE --columns a,b --output OUT``), three passes over the
    edges (heavy ties) collapse, giving fewer effective bins; see
    :func:`pipelines.tokenize.kernels.quantile_edges`.
 2. **Bin statistics**, one Spark pass once the edges are known: the tokenising kernel
-   runs per partition and Spark aggregates count, (exact decimal) sum and sum of
-   squares of the offset of each value in its bin per (column, token, out-of-range flag). This gives the stored bin
+   runs per partition and Spark aggregates count, sum (exact, in fixed point) and sum
+   of squares of the offset of each value in its bin per (column, token, out-of-range flag). This gives the stored bin
    means, the reserved-token and out-of-range counts and the reconstruction RMSE with
    bin means and with bin centres, without collecting any rows.
 3. **Tokens**: the kernel again, written to ``OUT/tokens`` by Spark (``--engine
@@ -63,9 +63,6 @@ TOKENIZER_SCHEMA = pl.Schema(
     }
 )
 _INF = float("inf")
-# Offsets in bin widths (in [0, 1] in range) summed exactly to 1e-18 of a bin width;
-# holds sums up to 1e20 bin widths.
-_EXACT_SUM_TYPE = "decimal(38,18)"
 
 
 def run(spark: SparkSession, cfg: Config, run: Run) -> None:
@@ -109,6 +106,15 @@ def _check_columns(df: DataFrame, columns: Sequence[str], where: str) -> None:
             raise UserError(f"{where}: unknown column '{name}' (columns: {known})")
         if not isinstance(fields[name], NumericType):
             raise UserError(f"{where}: column '{name}' is {fields[name].simpleString()}, not numeric")
+
+
+def default_columns(df: DataFrame) -> tuple[list[str], list[str]]:
+    """Every numeric column not starting with ``_`` (row id and ingest metadata), and the others."""
+    from pyspark.sql.types import NumericType
+
+    data = [f for f in df.schema.fields if not f.name.startswith("_")]
+    numeric = [f.name for f in data if isinstance(f.dataType, NumericType)]
+    return numeric, [f.name for f in data if f.name not in numeric]
 
 
 def _spark_type(dtype: pl.DataType):
@@ -220,7 +226,8 @@ def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str,
     dict of column -> dict of arrays
         ``count``, ``sum_diff``, ``sum_sq_diff`` of shape (n_bins,) (finite values;
         offsets in their bin, see :func:`~pipelines.tokenize.kernels.fit_stats_kernel`;
-        ``sum_diff`` is summed exactly, so it does not depend on the partitioning); ``reserved`` of shape (4,) (tokens for null,
+        ``sum_diff`` of in-range values is summed exactly, so it does not depend on the
+        partitioning); ``reserved`` of shape (4,) (tokens for null,
         NaN, -inf, +inf); ``below`` and ``above`` (out-of-range counts, shape (1,)).
     """
     from pyspark.sql import functions as F
@@ -236,8 +243,11 @@ def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str,
         long.groupBy("col", "token", "oor")
         .agg(
             F.count(F.lit(1)).alias("n"),
-            # exact decimal sums: the bin means do not depend on the order of the rows
-            F.sum(F.col("diff").cast(_EXACT_SUM_TYPE)).alias("s"),
+            # In-range offsets are summed exactly in fixed point (64-bit integer sums do
+            # not depend on the order of the rows, so neither do the bin means); the
+            # unbounded offsets of out-of-range values (uniform method) as doubles.
+            F.sum(F.when(F.col("oor") == 0, F.rint(F.col("diff") * K.OFFSET_SCALE).cast("long"))).alias("fixed"),
+            F.sum("diff").alias("s"),
             F.sum(F.col("diff") * F.col("diff")).alias("ss"),
         )
         .collect()  # at most columns x (bins + 4) x 3 rows
@@ -260,7 +270,7 @@ def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str,
             acc["reserved"][r["token"] - b.n_bins] += r["n"]
             continue
         acc["count"][r["token"]] += r["n"]
-        acc["sum_diff"][r["token"]] += float(r["s"])
+        acc["sum_diff"][r["token"]] += r["fixed"] / K.OFFSET_SCALE if r["oor"] == 0 else r["s"]
         acc["sum_sq_diff"][r["token"]] += r["ss"]
         if r["oor"]:
             acc["below" if r["oor"] < 0 else "above"][0] += r["n"]
@@ -406,8 +416,16 @@ def _require(value: Any, flag: str) -> Any:
 
 def _run_tokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     source = _require(s.input, "--input")
-    columns = _require(s.columns, "--columns")
     df = delta.read_table(spark, source)
+    columns = s.columns
+    if columns is None:
+        columns, skipped = default_columns(df)
+        if not columns:
+            raise UserError(f"{source}: no numeric column to tokenise (pass --columns)")
+        run.progress(f"no --columns: tokenising every numeric column {columns}")
+        if skipped:
+            run.warn(f"no --columns: non-numeric columns not tokenised: {skipped}")
+        run.details["default_columns"] = columns
     _check_columns(df, columns, source)
     dtype = K.token_dtype(s.bins)
     tokenizer_path, tokens_path = fs.join(s.output, "tokenizer"), fs.join(s.output, "tokens")
