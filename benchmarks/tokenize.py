@@ -165,6 +165,17 @@ def main() -> None:
             results[f"detokenize_job_{engine}"] = t
             results[f"detokenize_pass_{engine}"] = summaries[f"detok_{engine}"]["timings"]["detokenize"]
 
+        # The same kernels through spark_map, written by Spark's own Parquet writer: what
+        # the passes cost without the delta-rs sink (Databricks writes Delta natively).
+        from pipelines.tokenize import detokenize, read_tokenizer, tokenize
+        from pipelines.tokenize.kernels import token_dtype
+
+        bins = read_tokenizer(str(work / "out_spark" / "tokenizer"))
+        tokens = tokenize(src_df, bins, dtype=token_dtype(args.bins))
+        results["tokenize_native_parquet"] = _timed(lambda: tokens.write.mode("overwrite").parquet(str(work / "tok_pq")))
+        back = detokenize(delta.read_table(spark, str(work / "out_spark" / "tokens")), bins)
+        results["detokenize_native_parquet"] = _timed(lambda: back.write.mode("overwrite").parquet(str(work / "detok_pq")))
+
     rmse = {c: (v["rmse_mean"], v["rmse_centre"], v["effective_bins"]) for c, v in summaries["tok_spark"]["columns"].items()}
     base_spark, base_polars = values / results["parquet_spark"], values / results["parquet_polars"]
     print(f"machine: {platform.node()} {platform.machine()} {psutil.cpu_count()} cpus, "
@@ -181,12 +192,14 @@ def main() -> None:
         ("plain Parquet read+write", "polars", "parquet_polars", base_polars),
         ("tokens pass (read, kernel, write Delta)", "spark", "tokenize_pass_spark", base_spark),
         ("tokens pass (read, kernel, write Delta)", "polars", "tokenize_pass_polars", base_polars),
+        ("tokens pass, Spark's Parquet writer instead of the delta-rs sink", "spark", "tokenize_native_parquet", base_spark),
         ("fit pass 1: edges (percentile_approx, Spark)", "spark", "fit_edges_spark", base_spark),
         ("fit pass 2: bin statistics (kernel + aggregation, Spark)", "spark", "fit_bins_spark", base_spark),
         ("tokenize job, all passes", "spark", "tokenize_job_spark", base_spark),
         ("tokenize job, all passes", "polars", "tokenize_job_polars", base_polars),
         ("detokenise pass (read, kernel, write Delta)", "spark", "detokenize_pass_spark", base_spark),
         ("detokenise pass (read, kernel, write Delta)", "polars", "detokenize_pass_polars", base_polars),
+        ("detokenise pass, Spark's Parquet writer instead of the delta-rs sink", "spark", "detokenize_native_parquet", base_spark),
         ("detokenize job (+ token counts)", "spark", "detokenize_job_spark", base_spark),
         ("detokenize job (+ token counts)", "polars", "detokenize_job_polars", base_polars),
     ]

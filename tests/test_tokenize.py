@@ -267,9 +267,12 @@ def test_unknown_column_exits_2(source, tmp_path, capsys):
     assert "Traceback" not in err
 
 
-def test_detokenize_unknown_column_and_missing_tokenizer_exit_2(runs, tmp_path, capsys):
+def test_detokenize_bad_inputs_exit_2(source, runs, tmp_path, capsys):
     argv = ["--detokenize", "--input", str(runs["one"] / "tokens"), "--output", str(tmp_path / "b")]
     code, _, err = _run(capsys, argv)
     assert code == 2 and "--tokenizer is required" in err
     code, _, err = _run(capsys, [*argv, "--tokenizer", str(runs["one"] / "tokenizer"), "--columns", "zz"])
     assert code == 2 and "unknown column 'zz'" in err
+    values = ["--detokenize", "--tokenizer", str(runs["one"] / "tokenizer"), "--input", source["one"], "--output", str(tmp_path / "c")]
+    code, _, err = _run(capsys, values)
+    assert code == 2 and "column 'a' is double, not integer tokens" in err

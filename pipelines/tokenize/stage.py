@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from pipelines import delta, fs
 from pipelines.errors import UserError
@@ -309,19 +308,39 @@ def tokenizer_table(
     return pl.concat(parts)
 
 
-def read_tokenizer(path: str, columns: Sequence[str] | None = None) -> list[K.ColumnBins]:
-    """Read a ``tokenizer`` table (no Spark) into ColumnBins, in the order of ``columns``.
+def read_tokenizer(path: str, columns: Sequence[str] | None = None, *, spark: SparkSession | None = None) -> list[K.ColumnBins]:
+    """Read a ``tokenizer`` table into ColumnBins, in the order of ``columns``.
+
+    Parameters
+    ----------
+    path : str
+        The ``OUT/tokenizer`` Delta table.
+    columns : list of str, optional
+        Default: every column of the table.
+    spark : SparkSession, optional
+        Read with Spark (the table's backend, e.g. native Delta on Databricks); without
+        it Polars reads the table (no Spark). Either way only the small table
+        (columns x bins rows) comes to the driver.
 
     Raises
     ------
     UserError
         Not a tokenizer table, an unknown column, or bins that are not 0 .. n_bins - 1.
     """
-    lazy = delta.scan_table(path)
-    missing = [c for c in TOKENIZER_SCHEMA.names() if c not in lazy.collect_schema().names()]
+    if spark is not None:
+        df = delta.read_table(spark, path)
+        names = df.columns
+    else:
+        lazy = delta.scan_table(path)
+        names = lazy.collect_schema().names()
+    missing = [c for c in TOKENIZER_SCHEMA.names() if c not in names]
     if missing:
         raise UserError(f"{path}: not a tokenizer table (missing columns {missing})")
-    table = lazy.select(TOKENIZER_SCHEMA.names()).sort("column", "bin").collect()  # small: columns x bins rows
+    if spark is not None:
+        table = pl.from_arrow(df.select(*TOKENIZER_SCHEMA.names()).toArrow())  # small: columns x bins rows
+    else:
+        table = lazy.select(TOKENIZER_SCHEMA.names()).collect()  # small: columns x bins rows
+    table = table.sort("column", "bin")
     known = table["column"].unique(maintain_order=True).to_list()
     if not known:
         raise UserError(f"{path}: tokenizer table is empty")
@@ -436,7 +455,8 @@ def _run_tokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     with run.timed("fit_bins"):
         stats = fit_bin_statistics(df, bins)
         bins = with_means(bins, stats)
-        delta.write_polars(tokenizer_table(bins, stats, method=s.method), tokenizer_path, mode="overwrite")
+        table = tokenizer_table(bins, stats, method=s.method).to_arrow(compat_level=pl.CompatLevel.oldest())
+        delta.write_table(spark.createDataFrame(table), tokenizer_path, mode="overwrite")
     with run.timed("tokenize"):
         run.progress(f"writing tokens with engine={s.engine}")
         if s.engine == "spark":
@@ -483,25 +503,30 @@ def _run_detokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     tokenizer_path = _require(s.tokenizer, "--tokenizer")
     source = _require(s.input, "--input")
     out_path = fs.join(s.output, "detokenized")
-    bins = read_tokenizer(tokenizer_path, s.columns)
+    bins = read_tokenizer(tokenizer_path, s.columns, spark=spark if s.engine == "spark" else None)
     names = [b.column for b in bins]
-    schema = delta.table_schema(source)
+    if s.engine == "spark":
+        df = delta.read_table(spark, source)
+        types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        integer = {"tinyint", "smallint", "int", "bigint"}
+    else:
+        types = {f.name: str(f.type) for f in delta.table_schema(source)}
+        integer = {"int8", "int16", "int32", "int64"}
     for name in (ROW_ID, *names):
-        if name not in schema.names:
+        if name not in types:
             raise UserError(f"{source}: no column '{name}' (the tokens table must hold {ROW_ID} and the tokenizer's columns)")
-        if name != ROW_ID and not pa.types.is_integer(schema.field(name).type):
-            raise UserError(f"{source}: column '{name}' is {schema.field(name).type}, not integer tokens")
+        if name != ROW_ID and types[name] not in integer:
+            raise UserError(f"{source}: column '{name}' is {types[name]}, not integer tokens")
 
     with run.timed("detokenize"):
         run.progress(f"detokenising {len(names)} column(s) to bin {s.value}s with engine={s.engine}")
         if s.engine == "spark":
-            df = delta.read_table(spark, source)
             delta.write_table(detokenize(df, bins, value=s.value), out_path, mode="overwrite")
         else:
             polars_map(source, K.detokenize_kernel(bins, value=s.value), out_path, columns=[ROW_ID, *names])
     with run.timed("count_tokens"):
         if s.engine == "spark":
-            rows, classes = count_token_classes_spark(delta.read_table(spark, source), bins)
+            rows, classes = count_token_classes_spark(df, bins)
         else:
             rows, classes = count_token_classes_polars(source, bins)
 
