@@ -17,22 +17,22 @@ the Spark driver JVM (sampled with psutil), and a Markdown table for benchmarks/
 
 from __future__ import annotations
 
+import os
 import sys
-from pathlib import Path
 
 # Run as a script, this file's folder comes first on sys.path, and this file (tokenize.py)
 # would shadow the standard library's tokenize module that linecache and Spark import.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 

@@ -11,8 +11,17 @@ OUT/_runs/<run_id>.json; the last stdout line is that summary. Config section: `
 
 from __future__ import annotations
 
-from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
-from pipelines.tokenize import run as stage_run
+import os
+import sys
+
+# Run as a script (spark-submit, a Databricks spark_python_task), this file's folder is
+# first on sys.path and this file would shadow the standard library's ``tokenize``
+# (imported by linecache/traceback). Drop the folder before anything imports it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute  # noqa: E402
+from pipelines.tokenize import run as stage_run  # noqa: E402
 
 
 def build_parser() -> JobArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 
 import numpy as np
 import polars as pl
@@ -276,3 +277,16 @@ def test_detokenize_bad_inputs_exit_2(source, runs, tmp_path, capsys):
     values = ["--detokenize", "--tokenizer", str(runs["one"] / "tokenizer"), "--input", source["one"], "--output", str(tmp_path / "c")]
     code, _, err = _run(capsys, values)
     assert code == 2 and "column 'a' is double, not integer tokens" in err
+
+
+def test_job_runs_as_a_script_despite_its_stdlib_name():
+    """spark-submit runs jobs/tokenize.py with jobs/ first on sys.path, where it would shadow stdlib tokenize."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, str(root / "jobs" / "tokenize.py"), "--help"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: tokenize")
