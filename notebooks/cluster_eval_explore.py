@@ -18,7 +18,7 @@ output = notebook.param("output", "output/cluster_eval")
 summary = notebook.cluster_eval_summary(output)
 print("best k per metric:", summary["best_k"])
 print("recommended k:", summary["recommended_k"])
-print(summary["recommendation"]["explanation"])
+print(summary["explanation"])
 
 # COMMAND ----------
 
