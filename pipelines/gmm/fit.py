@@ -539,9 +539,10 @@ def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
     run.details["columns"] = details
     run.counts.update(fitted=len(todo) - len(errors), failed=len(errors))
     if errors:
+        failed = [spec.column for spec in todo if spec.column in errors]
         run.status = "failed"
-        run.error = "column(s) failed: " + "; ".join(f"{c}: {e}" for c, e in errors.items())
-        run.progress(f"error: {len(errors)} column(s) failed: {', '.join(errors)}")
+        run.error = "column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed)
+        run.progress(f"error: {len(failed)} column(s) failed: {', '.join(failed)}")
 
 
 def _fit_column(df: DataFrame, summary: ColumnSummary, s: GmmFitSettings) -> Mixture | None:
