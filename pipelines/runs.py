@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines import fs
+from pipelines import delta, fs
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -152,6 +152,7 @@ def execute(
     run: Run | None = None
     try:
         cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
+        delta.set_backend(cfg.delta.backend)
         settings = getattr(cfg, section)
         run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
         spark = get_spark(cfg.spark)

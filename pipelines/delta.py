@@ -1,0 +1,672 @@
+"""All Delta I/O. The one module that knows which Delta backend is in use.
+
+Two backends, chosen per Spark session:
+
+``native``
+    Spark's own Delta (Databricks, or ``spark-submit`` with the Delta jars on the
+    classpath): ``format("delta")``, ``replaceWhere``, ``DESCRIBE HISTORY``.
+``delta-rs``
+    Everywhere else (these machines cannot download the Delta jars). Spark *reads* a
+    table through its active file list (never the folder, which also holds removed
+    and orphaned files). Spark *writes* through a Python data source: every task
+    streams its Arrow batches into Parquet files under the table root and returns
+    their add actions; the driver then makes ONE atomic commit with delta-rs. A
+    killed writer leaves only unreferenced files, so readers keep seeing the previous
+    version. Nothing is collected to the driver but the list of written files.
+
+Polars reads with ``scan_delta`` and writes through the same file writer and commit
+as Spark (:func:`write_arrow_batches`), so every writer produces the same layout:
+Hive-style ``col=value`` folders (values escaped, so a column value can never name a
+path outside the table) and ``part-<uuid>.parquet`` files.
+
+Modes: ``append``, ``overwrite``, and overwrite-where (``mode="overwrite"`` with
+``replace_where={"column": "Amount"}``): one commit that removes exactly the files of
+the matching partitions and adds the new ones. Custom table properties live in the
+table description as JSON (delta-rs rejects unknown ``configuration`` keys), or in
+``TBLPROPERTIES`` on the native backend; :func:`table_properties` reads either.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipelines import fs
+from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    import polars as pl
+    from pyspark.sql import DataFrame, SparkSession
+
+Mode = Literal["append", "overwrite"]
+_BACKEND_ENV = "PIPELINES_DELTA_BACKEND"
+_PROPERTIES_KEY = "pipelines.properties"
+_ROW_GROUP_BYTES = 64 << 20  # Arrow bytes buffered per open file before a row group is flushed
+_DEFAULT_TARGET_FILE_BYTES = 128 << 20
+# Reader features a file-list read cannot honour: it would return deleted rows or wrong names.
+_UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
+
+
+# --------------------------------------------------------------------------- backend
+
+
+def set_backend(backend: str) -> None:
+    """Force a backend (``native`` / ``delta-rs``) for this process; ``auto`` detects it."""
+    if backend == "auto":
+        os.environ.pop(_BACKEND_ENV, None)
+    else:
+        os.environ[_BACKEND_ENV] = backend
+
+
+def backend(spark: SparkSession) -> str:
+    """``native`` when Spark's Delta classes are on the classpath, else ``delta-rs``."""
+    forced = os.environ.get(_BACKEND_ENV)
+    if forced:
+        return forced
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:  # Spark Connect (Databricks serverless / shared clusters): Delta is native
+        return "native"
+    try:
+        jvm.java.lang.Class.forName("org.apache.spark.sql.delta.DeltaLog")
+        return "native"
+    except Exception:
+        return "delta-rs"
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def _uri(path: str) -> str:
+    """An absolute location delta-rs and every executor agree on."""
+    path = fs.local_path(str(path))
+    if fs.is_remote(path):
+        return path.rstrip("/")
+    return os.path.abspath(path)
+
+
+def _escape_partition_value(value: str) -> str:
+    # Hive/Spark escaping (ExternalCatalogUtils.escapePathName): '/', '..', '=', '%'
+    # and control characters become %XX, so a value is always one safe path segment.
+    out = []
+    for ch in value:
+        if ord(ch) < 0x20 or ch in '"#%\'*/:=?\\\x7f{[]^':
+            out.append(f"%{ord(ch):02X}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _partition_string(value: Any) -> str | None:
+    """A partition value as the Delta protocol serialises it."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _partition_dir(values: Mapping[str, str | None]) -> str:
+    return "/".join(
+        f"{_escape_partition_value(k)}={'__HIVE_DEFAULT_PARTITION__' if v is None else _escape_partition_value(v)}"
+        for k, v in values.items()
+    )
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def _open(path: str, version: int | None = None):
+    from deltalake import DeltaTable
+
+    uri = _uri(path)
+    try:
+        return DeltaTable(uri, version=version)
+    except Exception as exc:  # delta-rs raises TableNotFoundError / DeltaError / OSError
+        if not table_exists(path):
+            raise UserError(f"{path}: not a Delta table (no _delta_log)") from None
+        raise UserError(f"{path}: cannot open Delta table{f' at version {version}' if version is not None else ''}: {exc}") from None
+
+
+def table_exists(path: str) -> bool:
+    """True when ``path`` holds a Delta table (a ``_delta_log`` with at least one commit)."""
+    from deltalake import DeltaTable
+
+    return DeltaTable.is_deltatable(_uri(path))
+
+
+def table_version(path: str) -> int | None:
+    """The latest version of the table, or None when there is no table."""
+    return _open(path).version() if table_exists(path) else None
+
+
+def table_schema(path: str) -> pa.Schema:
+    """The table's schema as Arrow (partition columns included)."""
+    return _arrow_schema(_open(path))
+
+
+def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """Commits, newest first: ``version``, ``timestamp`` (ms), ``operation``, ``operationParameters``, ..."""
+    return _open(path).history(limit)
+
+
+def table_properties(path: str) -> dict[str, str]:
+    """Custom properties set with ``write_*(properties=...)``."""
+    desc = _open(path).metadata().description
+    if not desc:
+        return {}
+    try:
+        return dict(json.loads(desc).get(_PROPERTIES_KEY, {}))
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _arrow_schema(dt) -> pa.Schema:
+    return pa.schema(dt.schema().to_arrow())
+
+
+def _check_readable(dt, path: str) -> None:
+    features = set(dt.protocol().reader_features or [])
+    bad = features & _UNSUPPORTED_READER_FEATURES
+    if bad:
+        raise UserError(
+            f"{path}: Delta reader features {sorted(bad)} need Spark's native Delta (run with the Delta jars or on Databricks)"
+        )
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def read_table(spark: SparkSession, path: str, *, version: int | None = None) -> DataFrame:
+    """Read a Delta table as a Spark DataFrame.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    path : str
+        The table root.
+    version : int, optional
+        Time travel: the table as of this version.
+
+    Notes
+    -----
+    On the delta-rs backend the files are those of the snapshot's add actions, read
+    with the table's own schema (so files written before a column was added read it
+    as null, and partition columns get their declared types). Orphaned files from a
+    killed writer are never read.
+    """
+    if backend(spark) == "native":
+        reader = spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        return reader.load(path)
+
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    dt = _open(path, version)
+    _check_readable(dt, path)
+    arrow_schema = _arrow_schema(dt)
+    spark_schema = from_arrow_schema(arrow_schema)
+    files = dt.file_uris()
+    if not files:
+        return spark.createDataFrame([], spark_schema)
+    df = spark.read.schema(spark_schema).option("basePath", _uri(path)).parquet(*files)
+    return df.select(*[f"`{name}`" for name in arrow_schema.names])
+
+
+def scan_table(path: str, *, version: int | None = None) -> pl.LazyFrame:
+    """Read a Delta table lazily with Polars (``polars.scan_delta``)."""
+    import polars as pl
+
+    dt = _open(path, version)
+    _check_readable(dt, path)
+    return pl.scan_delta(dt)
+
+
+# --------------------------------------------------------------------------- the file writer
+
+
+def _delta_type(t: pa.DataType) -> pa.DataType:
+    """The Arrow type delta-rs stores for ``t``: timestamps in microseconds, zoned ones in "UTC"."""
+    if pa.types.is_timestamp(t):
+        return pa.timestamp("us", "UTC" if t.tz else None)
+    if pa.types.is_large_string(t):
+        return pa.string()
+    if pa.types.is_large_binary(t):
+        return pa.binary()
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return pa.list_(pa.field(t.value_field.name, _delta_type(t.value_type), t.value_field.nullable))
+    if pa.types.is_struct(t):
+        return pa.struct([pa.field(f.name, _delta_type(f.type), f.nullable) for f in t])
+    return t
+
+
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every type in the form Delta tables store."""
+    return pa.schema([pa.field(f.name, _delta_type(f.type), f.nullable) for f in schema])
+
+
+
+@dataclass(frozen=True)
+class WrittenFile:
+    """A Parquet file written under the table root, not yet committed."""
+
+    path: str  # relative to the table root
+    size: int
+    partition_values: dict[str, str | None]
+    num_records: int
+    null_counts: dict[str, int]
+    modification_time: int
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> WrittenFile:
+        return cls(**json.loads(text))
+
+
+class _FileWriter:
+    """Streams Arrow batches into Parquet files under ``root``, one file set per partition.
+
+    Partition columns are not stored in the files (Delta convention); their values go
+    in the add action. Files roll over at ``target_file_bytes``.
+    """
+
+    def __init__(self, root: str, schema: pa.Schema, partition_by: Sequence[str], target_file_bytes: int) -> None:
+        import pyarrow.fs as pafs
+
+        self.root = root
+        self.partition_by = list(partition_by)
+        self.data_schema = pa.schema([f for f in schema if f.name not in self.partition_by])
+        self.target = target_file_bytes
+        self.fs, self.base = pafs.FileSystem.from_uri(root if fs.is_remote(root) else f"file://{root}")
+        self._open: dict[tuple, tuple[str, Any, Any, list[pa.RecordBatch], int, int]] = {}
+        self.written: list[WrittenFile] = []
+
+    def write(self, batch: pa.RecordBatch | pa.Table) -> None:
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        if table.num_rows == 0:
+            return
+        if not self.partition_by:
+            self._append((), {}, table)
+            return
+        keys = table.select(self.partition_by)
+        groups = keys.group_by(self.partition_by, use_threads=False).aggregate([])
+        for i in range(groups.num_rows):
+            values = {c: groups.column(c)[i].as_py() for c in self.partition_by}
+            mask = None
+            for c, v in values.items():
+                m = pc.is_null(table.column(c)) if v is None else pc.equal(table.column(c), v)
+                mask = m if mask is None else pc.and_(mask, m)
+            part = table.filter(mask)
+            self._append(tuple(values.items()), {c: _partition_string(v) for c, v in values.items()}, part)
+
+    def _append(self, key: tuple, pvalues: dict[str, str | None], table: pa.Table) -> None:
+        data = table.select(self.data_schema.names).cast(self.data_schema)
+        state = self._open.get(key)
+        if state is None:
+            rel = "/".join(p for p in (_partition_dir(pvalues), f"part-{uuid.uuid4().hex}.parquet") if p)
+            full = f"{self.base}/{rel}"
+            self.fs.create_dir(full.rsplit("/", 1)[0], recursive=True)
+            stream = self.fs.open_output_stream(full)
+            writer = pq.ParquetWriter(stream, self.data_schema, compression="snappy")
+            state = (rel, stream, writer, [], 0, 0)
+        rel, stream, writer, buffered, nbytes, nrows = state
+        buffered = [*buffered, *data.to_batches()]
+        nbytes += data.nbytes
+        nrows += data.num_rows
+        self._open[key] = (rel, stream, writer, buffered, nbytes, nrows)
+        if nbytes >= _ROW_GROUP_BYTES:
+            self._flush(key, pvalues)
+
+    def _flush(self, key: tuple, pvalues: dict[str, str | None], *, final: bool = False) -> None:
+        rel, stream, writer, buffered, nbytes, nrows = self._open[key]
+        if buffered:
+            writer.write_table(pa.Table.from_batches(buffered, schema=self.data_schema))
+        if final or stream.tell() >= self.target:
+            writer.close()
+            stream.close()
+            del self._open[key]
+            self._record(rel, pvalues or dict(key), nrows)
+        else:
+            self._open[key] = (rel, stream, writer, [], 0, nrows)
+
+    def _record(self, rel: str, pvalues: Mapping[str, Any], nrows: int) -> None:
+        full = f"{self.base}/{rel}"
+        info = self.fs.get_file_info(full)
+        meta = pq.read_metadata(full, filesystem=self.fs)
+        nulls = {name: 0 for name in self.data_schema.names}
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for ci in range(group.num_columns):
+                col = group.column(ci)
+                if col.statistics is not None and col.statistics.has_null_count and col.path_in_schema in nulls:
+                    nulls[col.path_in_schema] += col.statistics.null_count
+        self.written.append(
+            WrittenFile(
+                path=rel,
+                size=info.size,
+                partition_values={k: _partition_string(v) if not isinstance(v, str) else v for k, v in pvalues.items()},
+                num_records=meta.num_rows,
+                null_counts=nulls,
+                modification_time=int(time.time() * 1000),
+            )
+        )
+
+    def close(self) -> list[WrittenFile]:
+        for key in list(self._open):
+            self._flush(key, {c: _partition_string(v) for c, v in key}, final=True)
+        return self.written
+
+    def abort(self) -> None:
+        for rel, stream, writer, *_ in self._open.values():
+            try:
+                writer.close()
+                stream.close()
+            finally:
+                self.fs.delete_file(f"{self.base}/{rel}")
+        self._open.clear()
+        _delete_files(self.root, self.written)
+
+
+def _delete_files(root: str, files: Iterable[WrittenFile]) -> None:
+    import pyarrow.fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(root if fs.is_remote(root) else f"file://{root}")
+    for f in files:
+        try:
+            filesystem.delete_file(f"{base}/{f.path}")
+        except FileNotFoundError:
+            pass
+
+
+# --------------------------------------------------------------------------- the commit
+
+
+def _commit(
+    root: str,
+    files: Sequence[WrittenFile],
+    schema: pa.Schema,
+    *,
+    mode: Mode,
+    partition_by: Sequence[str],
+    replace_where: Mapping[str, Any] | None,
+    properties: Mapping[str, str] | None,
+) -> int:
+    """One atomic delta-rs commit of ``files``. Returns the new table version."""
+    from deltalake import CommitProperties, DeltaTable, Schema
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    if mode not in ("append", "overwrite"):
+        raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+    if replace_where and mode != "overwrite":
+        raise ValueError("replace_where needs mode='overwrite'")
+    for key in replace_where or {}:
+        if key not in partition_by:
+            raise ValueError(f"replace_where key {key!r} must be a partition column of {list(partition_by)}")
+
+    actions = [
+        AddAction(
+            f.path,
+            f.size,
+            f.partition_values,
+            f.modification_time,
+            True,
+            json.dumps({"numRecords": f.num_records, "nullCount": f.null_counts}),
+        )
+        for f in files
+    ]
+    delta_schema = Schema.from_arrow(schema)
+    commit_props = CommitProperties(custom_metadata={"pipelines.writer": "pipelines.delta"})
+    description = json.dumps({_PROPERTIES_KEY: dict(properties)}) if properties else None
+
+    if not DeltaTable.is_deltatable(root):
+        try:
+            create_table_with_add_actions(
+                root,
+                delta_schema,
+                actions,
+                mode="error",
+                partition_by=list(partition_by) or None,
+                description=description,
+                commit_properties=commit_props,
+            )
+            return 0
+        except Exception:
+            # Another writer created the table first; commit against it below.
+            if not DeltaTable.is_deltatable(root):
+                raise
+    dt = DeltaTable(root)
+    existing = dt.metadata().partition_columns
+    if mode == "append" and list(existing) != list(partition_by):
+        raise UserError(f"{root}: table is partitioned by {existing}, the write by {list(partition_by)}")
+    filters = [(k, "=", _partition_string(v)) for k, v in (replace_where or {}).items()] or None
+    dt.create_write_transaction(
+        actions,
+        mode=mode,
+        schema=delta_schema,
+        partition_by=list(partition_by) or None,
+        partition_filters=filters,
+        commit_properties=commit_props,
+    )
+    dt.update_incremental()
+    if properties is not None and dict(properties) != table_properties(root):
+        dt.alter.set_table_description(description)  # a metadata-only commit
+        dt.update_incremental()
+    return dt.version()
+
+
+# --------------------------------------------------------------------------- writes
+
+
+def write_arrow_batches(
+    path: str,
+    batches: Iterable[pa.RecordBatch | pa.Table],
+    schema: pa.Schema,
+    *,
+    mode: Mode = "append",
+    partition_by: Sequence[str] | None = None,
+    replace_where: Mapping[str, Any] | None = None,
+    properties: Mapping[str, str] | None = None,
+    target_file_bytes: int = _DEFAULT_TARGET_FILE_BYTES,
+) -> int:
+    """Stream Arrow batches into a Delta table with one atomic commit (no Spark).
+
+    Memory is bounded by one buffered row group per open partition. Returns the new
+    table version. On any error the files written so far are deleted and nothing is
+    committed.
+    """
+    root = _uri(path)
+    schema = delta_schema(schema)
+    writer = _FileWriter(root, schema, partition_by or [], target_file_bytes)
+    try:
+        for batch in batches:
+            writer.write(batch)
+        files = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return _commit(
+        root, files, schema, mode=mode, partition_by=partition_by or [], replace_where=replace_where, properties=properties
+    )
+
+
+def write_polars(
+    df: pl.DataFrame | pa.Table,
+    path: str,
+    *,
+    mode: Mode = "append",
+    partition_by: Sequence[str] | None = None,
+    replace_where: Mapping[str, Any] | None = None,
+    properties: Mapping[str, str] | None = None,
+) -> int:
+    """Write a Polars DataFrame (or Arrow table) to Delta in one atomic commit. Returns the version."""
+    table = df if isinstance(df, pa.Table) else df.to_arrow()
+    return write_arrow_batches(
+        path,
+        table.to_batches(),
+        table.schema,
+        mode=mode,
+        partition_by=partition_by,
+        replace_where=replace_where,
+        properties=properties,
+    )
+
+
+def write_table(
+    df: DataFrame,
+    path: str,
+    *,
+    mode: Mode = "append",
+    partition_by: Sequence[str] | None = None,
+    replace_where: Mapping[str, Any] | None = None,
+    properties: Mapping[str, str] | None = None,
+    target_file_bytes: int = _DEFAULT_TARGET_FILE_BYTES,
+) -> int:
+    """Write a Spark DataFrame to Delta without collecting it. Returns the new version.
+
+    Parameters
+    ----------
+    df : pyspark.sql.DataFrame
+    path : str
+        Table root.
+    mode : {"append", "overwrite"}
+    partition_by : list of str, optional
+    replace_where : mapping of partition column -> value, optional
+        With ``mode="overwrite"``: replace only the rows of the matching partitions,
+        atomically (e.g. ``{"column": "Amount"}``).
+    properties : mapping of str -> str, optional
+        Custom table properties (see :func:`table_properties`).
+    target_file_bytes : int
+        Files roll over at about this size (delta-rs backend).
+    """
+    partition_by = list(partition_by or [])
+    if mode not in ("append", "overwrite"):
+        raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+    spark = df.sparkSession
+    if backend(spark) == "native":
+        return _write_native(df, path, mode=mode, partition_by=partition_by, replace_where=replace_where, properties=properties)
+
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    _register_sink(spark)
+    schema = to_arrow_schema(
+        df.schema, timezone=spark.conf.get("spark.sql.session.timeZone") or "UTC", prefers_large_types=False
+    )
+    options = {
+        "path": _uri(path),
+        "schema": delta_schema(schema).serialize().to_pybytes().hex(),
+        "commit": json.dumps(
+            {
+                "mode": mode,
+                "partition_by": partition_by,
+                "replace_where": {k: _partition_string(v) for k, v in (replace_where or {}).items()},
+                "properties": dict(properties) if properties is not None else None,
+                "target_file_bytes": target_file_bytes,
+            }
+        ),
+    }
+    # "append" at the DataFrameWriter level: the sink's commit decides what is replaced.
+    df.write.format(_SINK_NAME).options(**options).mode("append").save()
+    return _open(path).version()
+
+
+def _write_native(df, path, *, mode, partition_by, replace_where, properties) -> int:
+    writer = df.write.format("delta").mode(mode)
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    if replace_where:
+        writer = writer.option("replaceWhere", _sql_predicate(replace_where))
+    elif mode == "overwrite":
+        writer = writer.option("overwriteSchema", "true")
+    writer.save(path)
+    spark = df.sparkSession
+    if properties:
+        props = ", ".join(f"'{_PROPERTIES_KEY}.{k}' = '{_sql_escape(v)}'" for k, v in properties.items())
+        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({props})")
+    return int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"])
+
+
+def _sql_escape(value: Any) -> str:
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _sql_predicate(replace_where: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in replace_where.items():
+        column = "`" + key.replace("`", "``") + "`"
+        parts.append(f"{column} IS NULL" if value is None else f"{column} = '{_sql_escape(value)}'")
+    return " AND ".join(parts)
+
+
+# --------------------------------------------------------------------------- the Spark sink
+
+_SINK_NAME = "pipelines_delta_rs"
+_registered: set[int] = set()
+
+
+def _register_sink(spark: SparkSession) -> None:
+    key = id(spark)
+    if key not in _registered:
+        spark.dataSource.register(_sink_classes())
+        _registered.add(key)
+
+
+def _sink_classes():
+    from pyspark.sql.datasource import DataSource, DataSourceArrowWriter, WriterCommitMessage
+
+    @dataclass
+    class Written(WriterCommitMessage):
+        files: list[str]
+
+    class Writer(DataSourceArrowWriter):
+        def __init__(self, options: Mapping[str, str]) -> None:
+            self.root = options["path"]
+            self.schema = pa.ipc.read_schema(pa.py_buffer(bytes.fromhex(options["schema"])))
+            self.commit_options = json.loads(options["commit"])
+
+        def write(self, iterator: Iterator[pa.RecordBatch]) -> Written:
+            opts = self.commit_options
+            writer = _FileWriter(self.root, self.schema, opts["partition_by"], opts["target_file_bytes"])
+            try:
+                for batch in iterator:
+                    writer.write(batch)
+                return Written([f.to_json() for f in writer.close()])
+            except BaseException:
+                writer.abort()
+                raise
+
+        def commit(self, messages: list[Written | None]) -> None:
+            opts = self.commit_options
+            files = [WrittenFile.from_json(f) for m in messages if m is not None for f in m.files]
+            _commit(
+                self.root,
+                files,
+                self.schema,
+                mode=opts["mode"],
+                partition_by=opts["partition_by"],
+                replace_where=opts["replace_where"] or None,
+                properties=opts["properties"],
+            )
+
+        def abort(self, messages: list[Written | None]) -> None:
+            _delete_files(self.root, [WrittenFile.from_json(f) for m in messages if m is not None for f in m.files])
+
+    class Sink(DataSource):
+        @classmethod
+        def name(cls) -> str:
+            return _SINK_NAME
+
+        def writer(self, schema, overwrite: bool) -> Writer:
+            return Writer(self.options)
+
+    return Sink
