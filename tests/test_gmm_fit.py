@@ -71,7 +71,7 @@ GOOD = ["--columns", "amount,count,constant", "--categorical", "cat", "--mixed",
 
 def test_summary_pass_equals_the_in_memory_kernel_whatever_the_partitioning(spark):
     rng = np.random.default_rng(1)
-    x = np.r_[rng.normal(-5, 1, 3000), rng.lognormal(2, 1, 3000), [None] * 7]
+    x = np.r_[rng.normal(-5, 1, 1500), rng.lognormal(2, 1, 1500), [None] * 7]
     c = rng.choice(["p", "q"], x.size).tolist()
     df = spark.createDataFrame(
         [(float(v) if v is not None else None, s) for v, s in zip(x, c, strict=True)],

@@ -149,7 +149,7 @@ def test_parameter_recovery_on_a_known_mixture():
 def test_bayesian_prunes_where_mle_keeps_splitting():
     rng = np.random.default_rng(6)
     x = np.r_[rng.normal(-3, 1, 6000), rng.normal(4, 1.5, 4000)]
-    s = _summary(x)
+    s = _summary(x, max_bins=512)
     mle = build_model(s, fit_summary(s, max_components=10, mode="mle", seed=0), weight_threshold=0.005,
                       settings=SETTINGS)
     assert mle.n_modes == 10

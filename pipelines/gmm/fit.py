@@ -70,7 +70,7 @@ STATUS_SCHEMA = pa.schema(
         pa.field("attempt", pa.int32(), nullable=False),
         pa.field("started_at", pa.timestamp("us", tz="UTC")),
         pa.field("finished_at", pa.timestamp("us", tz="UTC")),
-        pa.field("seconds", pa.float64()),
+        pa.field("seconds", pa.float64()),  # since the column started, including the shared summary pass
         pa.field("n_rows", pa.int64()),
         pa.field("fit_id", pa.string()),  # run id of the attempt
     ]
@@ -82,7 +82,11 @@ _PARTIAL_DDL = (
 )
 _SUMMARY_DDL = "column string, part string, key bigint, category string, n bigint, mean double, var double, vmin double, vmax double"
 _STATS_DDL = "column string, component int, nk double, s1 double, s2 double, log_norm double, n bigint"
-_NUMERIC = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")
+_NUMERIC = {"tinyint", "smallint", "int", "bigint", "float", "double"}
+
+
+def _is_numeric(spark_type: str) -> bool:
+    return spark_type in _NUMERIC or spark_type.startswith("decimal(")
 
 
 # ---------------------------------------------------------------------------- the Spark passes
@@ -397,7 +401,7 @@ def plan_columns(dtypes: Sequence[tuple[str, str]], settings: GmmFitSettings) ->
         raise UserError(f"gmm_fit: column(s) {', '.join(both)} listed both as categorical and as mixed")
     requested = list(dict.fromkeys([*(settings.columns or []), *categorical, *mixed]))
     if not requested:
-        requested = [n for n, t in dtypes if not n.startswith("_") and t.startswith(_NUMERIC)]
+        requested = [n for n, t in dtypes if not n.startswith("_") and _is_numeric(t)]
         if not requested:
             raise UserError(f"{settings.input}: no numeric columns to fit (name them with --columns)")
     missing = [c for c in requested if c not in names]
@@ -472,21 +476,21 @@ def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
         book.start(spec.column)
     errors: dict[str, str] = {}
     types = dict(df.dtypes)
-    numeric_ok = [sp for sp in todo if sp.column_type == "categorical" or types[sp.column].startswith(_NUMERIC)]
+    summarizable = [sp for sp in todo if sp.column_type == "categorical" or _is_numeric(types[sp.column])]
     for spec in todo:
-        if spec not in numeric_ok:
+        if spec not in summarizable:
             errors[spec.column] = f"not numeric (type {types[spec.column]}) but fitted as {spec.column_type}"
 
     from pyspark.sql import functions as F
 
     # numeric columns enter the pass as double, categorical ones as Spark's string form of the value
     cast = [F.col(_quote(sp.column)).cast("string" if sp.column_type == "categorical" else "double").alias(sp.column)
-            for sp in numeric_ok]
+            for sp in summarizable]
     summaries: dict[str, ColumnSummary] = {}
-    if numeric_ok:
+    if summarizable:
         with run.timed("summary_pass"):
             try:
-                summaries = summarize(df.select(*cast), numeric_ok, max_bins=s.bins)
+                summaries = summarize(df.select(*cast), summarizable, max_bins=s.bins)
             except Exception as exc:  # the shared pass failed: every column of this run failed with it
                 for spec in todo:
                     book.finish(spec.column, FAILED, error=errors.get(spec.column) or f"summary pass: {exc}")
@@ -494,7 +498,7 @@ def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
 
     mixtures: dict[str, Mixture | None] = {}
     with run.timed("em"):
-        for i, spec in enumerate(numeric_ok, 1):
+        for i, spec in enumerate(summarizable, 1):
             c, summary = spec.column, summaries[spec.column]
             try:
                 if isinstance(summary, _TooMany):
@@ -503,15 +507,18 @@ def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
                     raise ValueError("no rows")
                 if spec.column_type != "categorical":
                     mixtures[c] = _fit_column(df, summary, s)
-                run.progress(f"column {i}/{len(numeric_ok)} {c}: fitted")
+                run.progress(f"column {i}/{len(summarizable)} {c}: fitted")
             except Exception as exc:  # one column's failure must not stop the others
                 errors[c] = f"{type(exc).__name__}: {exc}"
-                run.progress(f"column {i}/{len(numeric_ok)} {c}: failed: {errors[c]}")
+                run.progress(f"column {i}/{len(summarizable)} {c}: failed: {errors[c]}")
 
     refinable = {c: m for c, m in mixtures.items() if m is not None and m.weights.size > 1}
     if s.refine_iterations and refinable and s.backend == "summary":
         with run.timed("refine"):
-            mixtures.update(refine(df, refinable, summaries, mode=s.mode, iterations=s.refine_iterations))
+            try:
+                mixtures.update(refine(df, refinable, summaries, mode=s.mode, iterations=s.refine_iterations))
+            except Exception as exc:  # the shared passes failed: the columns they refine fail with them
+                errors.update({c: f"refinement pass: {type(exc).__name__}: {exc}" for c in refinable})
 
     settings = {"max_components": s.max_components, "weight_threshold": s.weight_threshold, "mode": s.mode,
                 "backend": s.backend, "seed": s.seed, "fit_id": run.run_id}
