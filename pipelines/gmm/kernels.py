@@ -125,7 +125,8 @@ def responsibilities(x: np.ndarray, *, weights: np.ndarray, means: np.ndarray, s
     ndarray of shape (n_rows, n_components)
         Rows sum to 1.
     """
-    d = (x[:, None] - means[None, :]) / stds[None, :]
+    with np.errstate(over="ignore"):  # |x - mean| / std beyond float range: inf, clipped next
+        d = (x[:, None] - means[None, :]) / stds[None, :]
     # |d| > 1e150 would overflow d*d to inf and give -inf - -inf = nan below; the clip
     # keeps the order of the log-likelihoods for any representable x.
     np.clip(d, -1e150, 1e150, out=d)
@@ -344,7 +345,8 @@ def decoded_schema(plans: Sequence[ColumnPlan], *, flags: bool = True) -> dict[s
     if flags:
         for p in plans:
             schema[flag_name("clipped", p.column)] = pl.Boolean()
-            schema[flag_name("unknown", p.column)] = pl.Boolean()
+            if p.is_categorical:
+                schema[flag_name("unknown", p.column)] = pl.Boolean()
     return schema
 
 
@@ -387,10 +389,9 @@ def decode_stats(plans: Sequence[ColumnPlan]) -> list[Stat]:
     stats: list[Stat] = []
     for p in plans:
         c = p.column
-        stats += [
-            Stat(c, "clipped", "sum", flag_name("clipped", c)),
-            Stat(c, "unknown", "sum", flag_name("unknown", c)),
-        ]
+        stats.append(Stat(c, "clipped", "sum", flag_name("clipped", c)))
+        if p.is_categorical:
+            stats.append(Stat(c, "unknown", "sum", flag_name("unknown", c)))
     return stats
 
 
@@ -604,7 +605,8 @@ def decode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout = "w
     -------
     polars.DataFrame
         :func:`decoded_schema` columns: ``_row_id``, each original column, then flags
-        ``__clipped__c`` (``z`` or rank outside its range) and ``__unknown__c``.
+        ``__clipped__c`` (``z`` or rank outside its range) and, for a categorical,
+        ``__unknown__c`` (the unknown rank).
     """
     out: dict[str, object] = {ROW_ID: df[ROW_ID].cast(pl.Int64).to_numpy()}
     flags: dict[str, np.ndarray] = {}
@@ -625,6 +627,5 @@ def decode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout = "w
         special = ~np.isnan(p.rank_special[rank])
         value[special] = p.rank_special[rank][special]
         flags[flag_name("clipped", c)] = ~null & (out_of_range | (~special & (np.abs(z) > INVERSE_CLIP)))
-        flags[flag_name("unknown", c)] = np.zeros(len(z), bool)
         out[c] = pl.Series(c, value).scatter(np.flatnonzero(null), None) if null.any() else value
     return pl.DataFrame({**out, **flags}, schema=decoded_schema(plans))
