@@ -111,3 +111,32 @@ def test_fs_join_refuses_escaping_names(bad):
 def test_get_spark_reuses_active_session(spark):
     assert get_spark() is spark
     assert spark.conf.get("spark.sql.parquet.outputTimestampType") == "TIMESTAMP_MICROS"
+
+
+def _run_java_check(tmp_path, java_version: str | None):
+    import os
+    import subprocess
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("awk", "cut", "bash", "env"):  # what the script itself needs
+        target = subprocess.run(["bash", "-c", f"command -v {tool}"], capture_output=True, text=True).stdout.strip()
+        (bin_dir / tool).symlink_to(target)
+    if java_version is not None:
+        fake = bin_dir / "java"
+        fake.write_text(f'#!/bin/sh\necho \'openjdk version "{java_version}" 2020-01-01\' >&2\n')
+        fake.chmod(0o755)
+    env = {"PATH": str(bin_dir)}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "check_java.sh"
+    return subprocess.run([str(bin_dir / "bash"), str(script)], env=env, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("version, ok", [(None, False), ("11.0.2", False), ("1.8.0_292", False), ("17.0.15", True), ("21", True)])
+def test_java_check_stops_with_one_line(tmp_path, version, ok):
+    result = _run_java_check(tmp_path, version)
+    if ok:
+        assert result.returncode == 0 and result.stderr == ""
+    else:
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Java 17+ is required" in lines[0]
