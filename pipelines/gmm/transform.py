@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
+import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -425,6 +426,11 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipelines.
         if run is None:
             return UserError.exit_code
         run.status, run.error, code = "failed", str(exc), UserError.exit_code
+    except Exception as exc:  # a bug: keep the traceback, still record the run (as runs.execute does)
+        traceback.print_exc()
+        if run is None:
+            return 1
+        run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
     print(json.dumps(run.write_summary(), default=str), flush=True)
     return code
 
