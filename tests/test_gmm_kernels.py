@@ -344,3 +344,9 @@ def test_dropped_components_take_part_in_the_posterior_as_in_rdt():
     x = np.array([5000.0])  # at the dropped component's mean
     p = K.responsibilities(x, weights=plan.post_weights, means=plan.post_means, stds=plan.post_stds)
     assert p[0, 3] > 0.5  # the dropped mode takes most of the mass; the kept ones share the rest
+
+
+def test_output_name_collisions_are_refused():
+    plans = _plans([gaussian_model("x", [1.0], [0.0], [1.0]), gaussian_model("x__null", [1.0], [0.0], [1.0])])
+    with pytest.raises(ValueError, match="'x__null' is produced twice"):
+        K.encoded_schema(plans, layout="wide")

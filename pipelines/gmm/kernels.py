@@ -322,9 +322,29 @@ def block_names(plan: ColumnPlan) -> list[str]:
     return [*names, f"{plan.column}__unknown"] if plan.is_categorical else names
 
 
+class _Columns(dict):
+    """An output schema that refuses a name twice: a fitted column's name can collide
+    with a name derived from another (a column ``x__null`` beside ``x``)."""
+
+    def __setitem__(self, key: str, value: pl.DataType) -> None:
+        if key in self:
+            raise ValueError(f"output column {key!r} is produced twice (a fitted column name collides with a derived one)")
+        super().__setitem__(key, value)
+
+    def update(self, other: Mapping[str, pl.DataType]) -> None:  # type: ignore[override]
+        for key, value in other.items():
+            self[key] = value
+
+
 def encoded_schema(plans: Sequence[ColumnPlan], *, layout: Layout) -> dict[str, pl.DataType]:
-    """Columns and dtypes of the model-ready frame (without flag columns)."""
-    schema: dict[str, pl.DataType] = {ROW_ID: pl.Int64()}
+    """Columns and dtypes of the model-ready frame (without flag columns).
+
+    Raises
+    ------
+    ValueError
+        Two output columns would have the same name.
+    """
+    schema: dict[str, pl.DataType] = _Columns({ROW_ID: pl.Int64()})
     for p in plans:
         c = p.column
         if not p.is_categorical:
@@ -338,9 +358,15 @@ def encoded_schema(plans: Sequence[ColumnPlan], *, layout: Layout) -> dict[str, 
     return schema
 
 
-def encode_flag_schema(plans: Sequence[ColumnPlan]) -> dict[str, pl.DataType]:
-    """The per-row flag columns :func:`encode` adds."""
-    schema: dict[str, pl.DataType] = {}
+def encode_schema(plans: Sequence[ColumnPlan], *, layout: Layout) -> dict[str, pl.DataType]:
+    """:func:`encode`'s output: :func:`encoded_schema`, then the per-row flag columns.
+
+    Raises
+    ------
+    ValueError
+        Two output columns would have the same name.
+    """
+    schema = encoded_schema(plans, layout=layout)
     for p in plans:
         if p.is_categorical:
             schema[flag_name("unknown", p.column)] = pl.Boolean()
@@ -363,7 +389,7 @@ LONG_SCHEMA: dict[str, pl.DataType] = {
 
 def decoded_schema(plans: Sequence[ColumnPlan], *, flags: bool = True) -> dict[str, pl.DataType]:
     """Columns of :func:`decode`'s output: ``_row_id``, the original columns, then flags."""
-    schema: dict[str, pl.DataType] = {ROW_ID: pl.Int64()}
+    schema: dict[str, pl.DataType] = _Columns({ROW_ID: pl.Int64()})
     schema.update({p.column: pl.String() if p.is_categorical else pl.Float64() for p in plans})
     if flags:
         for p in plans:
@@ -513,7 +539,7 @@ def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: 
     Returns
     -------
     polars.DataFrame
-        :func:`encoded_schema` then :func:`encode_flag_schema` columns, one row per input row.
+        :func:`encode_schema` columns, one row per input row.
     """
     row_ids = df[ROW_ID].cast(pl.Int64).to_numpy()
     n = df.height
@@ -544,8 +570,16 @@ def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: 
                 out[name] = block[:, j]
         if missing is not None:
             out[f"{c}__null"] = missing.astype(np.float64)
-    schema = {**encoded_schema(plans, layout=layout), **encode_flag_schema(plans)}
-    return pl.DataFrame({**out, **flags}, schema=schema)
+    return pl.DataFrame({**out, **flags}, schema=encode_schema(plans, layout=layout))
+
+
+def encode_long(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int) -> pl.DataFrame:
+    """:func:`encode` then :func:`to_long`: the ``feature_values`` rows of an input batch.
+
+    The long rows do not depend on the model-ready layout, so recomputing them from the
+    (narrow) input is cheaper than reading back the wide or one-hot table.
+    """
+    return to_long(encode(df, plans, seed=seed, layout="wide"), plans, layout="wide")
 
 
 def to_long(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout) -> pl.DataFrame:

@@ -5,14 +5,14 @@ Forward (``OUT`` = ``--output``)::
     input (Delta/Parquet: _row_id + fitted columns)
       -> kernels.encode per Arrow batch (Spark mapInArrow, or Polars streaming)
       -> OUT/transformed_values   wide or onehot, one row per _row_id
-      -> kernels.to_long per batch of that table
+    input -> kernels.encode_long per batch (the same rows, unpivoted)
       -> OUT/feature_values       long, partitioned by column
 
 With ``--layout long`` only ``feature_values`` is written (encode and unpivot in one
 pass). The per-row flag columns of :func:`~pipelines.gmm.kernels.encode` (clipped,
-NaN/inf, unknown category, reconstruction error) are aggregated while the data is
-written (Spark: ``DataFrame.observe``; Polars: per batch, in the streaming loop), then
-dropped: no second pass over the data and nothing collected but the figures.
+NaN/inf, unknown category, reconstruction error) are aggregated while the first table
+is written (Spark: ``DataFrame.observe``; Polars: per batch, in the streaming loop), then
+dropped: no extra pass for the figures and nothing collected but the figures.
 
 Inverse (``BACK`` = ``--output``, input = a ``transformed_values`` table, its layout
 detected from its columns): ``kernels.decode`` per batch -> ``BACK/inverted_values``.
@@ -87,7 +87,7 @@ def _input_schema(path: str) -> pa.Schema:
     import pyarrow.dataset as ds
 
     try:
-        return ds.dataset(delta._uri(path), format="parquet").schema
+        return ds.dataset(fs.local_path(path), format="parquet").schema
     except (OSError, pa.ArrowInvalid) as exc:
         raise UserError(f"{path}: not a Delta table or Parquet files ({exc})") from None
 
@@ -107,14 +107,6 @@ def _order_plans(plans: Sequence[ColumnPlan], schema: pa.Schema, path: str) -> l
         if not by_name[name].is_categorical and not numeric:
             raise UserError(f"{path}: column {name!r} is {by_name[name].column_type} in the fit but has type {t}")
     return [by_name[n] for n in schema.names if n in by_name]
-
-
-def _check_names(names: Sequence[str], what: str) -> None:
-    seen: set[str] = set()
-    for n in names:
-        if n in seen:
-            raise UserError(f"output column {n!r} of {what} is produced twice (a fitted column name collides with a derived one)")
-        seen.add(n)
 
 
 def _detect_layout(schema: pa.Schema, plans: Sequence[ColumnPlan], path: str) -> kernels.Layout:
@@ -248,12 +240,17 @@ def transform(
         plans = load_plans(fit_dir)
         plans = _order_plans(plans, _input_schema(input_path), input_path)
     encode_layout: kernels.Layout = "onehot" if layout == "onehot" else "wide"
-    model_schema = kernels.encoded_schema(plans, layout=encode_layout)
-    flag_schema = kernels.encode_flag_schema(plans)
-    _check_names([*model_schema, *flag_schema], TRANSFORMED_VALUES)
+    try:
+        model_schema = kernels.encoded_schema(plans, layout=encode_layout)
+        full_schema = kernels.encode_schema(plans, layout=encode_layout)
+    except ValueError as exc:
+        raise UserError(f"{fit_dir}: {exc}") from None
     stats = kernels.encode_stats(plans)
     encode = functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout)
     to_long = functools.partial(kernels.to_long, plans=plans, layout=encode_layout)
+    # feature_values is recomputed from the narrow input rather than read back from the
+    # wide/one-hot table: same rows (the sampling is keyed by _row_id), less I/O.
+    encode_long = functools.partial(kernels.encode_long, plans=plans, seed=seed)
     tv_path, fv_path = fs.join(output, TRANSFORMED_VALUES), fs.join(output, FEATURE_VALUES)
     columns = [ROW_ID, *(p.column for p in plans)]
     run.progress(f"{len(plans)} fitted column(s): {', '.join(p.column for p in plans)}; layout {layout}; engine {engine}")
@@ -275,11 +272,12 @@ def transform(
                 polars_map(input_path, lambda b: encode_and_count(b).select(list(model_schema)), tv_path,
                            columns=columns, schema=_arrow(model_schema))
             with run.timed("feature_values"):
-                polars_map(tv_path, to_long, fv_path, partition_by=["column"], schema=_arrow(kernels.LONG_SCHEMA))
+                polars_map(input_path, encode_long, fv_path, partition_by=["column"], columns=columns,
+                           schema=_arrow(kernels.LONG_SCHEMA))
         rows, values = acc.result()
     else:
         source = _read_spark(spark, input_path).select(*[_quoted(c) for c in columns])
-        wide = spark_map(source, encode, _spark_schema({**model_schema, **flag_schema}))
+        wide = spark_map(source, encode, _spark_schema(full_schema))
         wide, figures = _observe(wide, stats)
         long_schema = _spark_schema(kernels.LONG_SCHEMA)
         if layout == "long":
@@ -289,8 +287,7 @@ def transform(
             with run.timed("transform"):
                 delta.write_table(wide.select(*[_quoted(c) for c in model_schema]), tv_path, mode="overwrite")
             with run.timed("feature_values"):
-                written = delta.read_table(spark, tv_path)
-                delta.write_table(spark_map(written, to_long, long_schema), fv_path, mode="overwrite", partition_by=["column"])
+                delta.write_table(spark_map(source, encode_long, long_schema), fv_path, mode="overwrite", partition_by=["column"])
         rows, values = figures()
 
     if layout != "long":
@@ -340,8 +337,10 @@ def inverse(
         plans = sorted(plans, key=lambda p: min(position[n] for n in kernels.encoded_schema([p], layout=layout) if n != ROW_ID))
     if ROW_ID not in schema.names:
         raise UserError(f"{input_path}: column '{ROW_ID}' is missing")
-    out_schema = kernels.decoded_schema(plans)
-    _check_names(list(out_schema), INVERTED_VALUES)
+    try:
+        out_schema = kernels.decoded_schema(plans)
+    except ValueError as exc:
+        raise UserError(f"{fit_dir}: {exc}") from None
     values_schema = kernels.decoded_schema(plans, flags=False)
     stats = kernels.decode_stats(plans)
     decode = functools.partial(kernels.decode, plans=plans, layout=layout)
