@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import multiprocessing
 import os
 import platform
 import shlex
@@ -190,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             bronze = str(work / "bronze")
             if not delta.table_exists(bronze):
-                write_bronze(bronze, args.rows, args.seed)
+                # In a child process, so the driver's RSS figures are the stages', not the generator's.
+                gen = multiprocessing.get_context("spawn").Process(target=write_bronze, args=(bronze, args.rows, args.seed))
+                gen.start()
+                gen.join()
+                if gen.exitcode:
+                    raise SystemExit(f"generating {bronze} failed")
             figures["generate_seconds"] = round(time.perf_counter() - t0, 1)
             sample = generate_chunk(0, min(args.fit_sample, args.rows), args.seed)
 

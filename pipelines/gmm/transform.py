@@ -392,7 +392,8 @@ def build_parser(prog: str) -> JobArgumentParser:
     parser.add_argument("--fit-dir", dest="fit_dir", metavar="DIR", help="a gmm_fit output (holds DIR/models)")
     parser.add_argument("--input", metavar="TABLE", help="Delta table or Parquet: bronze rows, or with --inverse a transformed_values table")
     parser.add_argument("--output", metavar="DIR", help="receives feature_values/transformed_values (or inverted_values) and _runs/")
-    parser.add_argument("--layout", choices=["long", "wide", "onehot"], help="transformed_values layout (default wide)")
+    parser.add_argument("--layout", choices=["long", "wide", "onehot"], help="transformed_values layout (default wide; long writes only feature_values); "
+                        "with --inverse the layout is detected from the input")
     parser.add_argument("--seed", type=int, help="seed of the per-row mode sampling (default 42)")
     parser.add_argument("--inverse", action="store_true", default=None, help="invert a transformed_values table")
     parser.add_argument("--engine", choices=["spark", "polars"], help="spark (default) or polars (no Spark)")
