@@ -65,13 +65,20 @@ def load_plans(fit_dir: str) -> list[ColumnPlan]:
     UserError
         No models table, an empty one, or an inconsistent column model (named).
     """
+    from pipelines.gmm.fit import load_models, read_status
+
     path = fs.join(fit_dir, "models")
     if not delta.table_exists(path):
         raise UserError(f"{path}: no fitted models (not a Delta table); run gmm_fit first")
-    rows = delta.scan_table(path).collect().to_arrow().to_pylist()
-    if not rows:
-        raise UserError(f"{path}: the models table is empty")
-    models = models_from_rows(rows)
+    if read_status(fit_dir):
+        # A gmm_fit run: only columns whose latest fit succeeded (a failed refit
+        # keeps its old model rows, which must not be used).
+        models = load_models(fit_dir)
+    else:
+        # Models written directly as data (no fit_status table): every column.
+        models = models_from_rows(delta.scan_table(path).collect().to_arrow().to_pylist())
+    if not models:
+        raise UserError(f"{path}: the models table has no usable (succeeded) column")
     try:
         return [kernels.plan_column(models[c]) for c in sorted(models)]
     except ValueError as exc:
