@@ -15,7 +15,7 @@ from pipelines.gmm.fit import parse_mixed, run_gmm_fit
 from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> JobArgumentParser:
     p = JobArgumentParser(prog="gmm_fit", description=__doc__.splitlines()[0])
     p.add_argument("--input", metavar="TABLE", help="Delta table to fit (e.g. the ingest bronze table)")
     p.add_argument("--columns", type=csv_list, help="columns to fit (default: every numeric column not starting with _)")
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-init", dest="n_init", type=int)
     p.add_argument("--refine-iterations", dest="refine_iterations", type=int, help="full-data EM passes after the summary fit")
     add_config_flag(p)
-    return execute("gmm_fit", p, argv, run_gmm_fit, output_key="fit_dir")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return execute("gmm_fit", build_parser(), argv, run_gmm_fit, output_key="fit_dir")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ from collections.abc import Sequence
 from pipelines.gmm import transform
 
 
+def build_parser():
+    return transform.build_parser("gmm_transform")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     return transform.main(argv, prog="gmm_transform")
 
