@@ -95,6 +95,10 @@ class GmmFitSettings(_Section):
     backend: Literal["summary", "spark-ml"] = "summary"
     seed: int = 42
     only: list[str] | None = None
+    bins: int = Field(4096, ge=16)  # most summary points per column (EM runs on these)
+    max_iter: int | None = Field(None, ge=1)  # None: 300 for mle, 2000 for bayesian
+    n_init: int = Field(1, ge=1)  # EM restarts on the summary; the best lower bound wins
+    refine_iterations: int = Field(0, ge=0)  # full-data EM passes after the summary fit
 
 
 class GmmTransformSettings(_Section):
@@ -113,7 +117,7 @@ class TokenizeSettings(_Section):
     output: str = "output/tokenize"
     bins: int = Field(256, ge=2)
     method: Literal["quantile", "uniform"] = "quantile"
-    relative_error: float = Field(1e-4, gt=0.0, lt=1.0)
+    relative_error: float = Field(1e-4, ge=1e-9, lt=1.0)  # percentile_approx accuracy = ceil(1 / relative_error)
     detokenize: bool = False
     tokenizer: str | None = None
     value: Literal["mean", "centre"] = "mean"

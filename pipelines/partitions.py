@@ -71,7 +71,11 @@ def _source_batches(source: str, columns: Sequence[str] | None, batch_rows: int)
         dataset = delta._open(source).to_pyarrow_dataset()
     else:
         dataset = ds.dataset(delta._uri(source), format="parquet")
-    yield from dataset.to_batches(columns=list(columns) if columns else None, batch_size=batch_rows)
+    # Small read-ahead: the default prefetches many fragments and batches, which made the
+    # driver's memory grow with the table instead of staying at a few batches.
+    yield from dataset.to_batches(
+        columns=list(columns) if columns else None, batch_size=batch_rows, fragment_readahead=1, batch_readahead=2
+    )
 
 
 def polars_map(

@@ -1,0 +1,218 @@
+"""Tokenise / detokenise throughput against a plain Parquet read+write of the same data.
+
+    python benchmarks/tokenize.py --rows 2000000 [--columns 10] [--bins 256] [--work DIR] [--master local[2]]
+
+Generates ``rows x columns`` doubles (+ ``_row_id``) as a Delta table, then in the same
+run measures, in values/s (rows x columns / seconds):
+
+- baseline: Spark reads the table's Parquet files and writes them as plain Parquet;
+  and Polars ``scan_parquet`` -> ``sink_parquet`` (the baseline of ``--engine polars``);
+- the tokenize job with ``--engine spark`` and ``--engine polars`` (the tokens pass alone,
+  and the whole job including the two fit passes);
+- the detokenize job with both engines.
+
+Prints machine, rows, command, the figures and the peak RSS of the driver process and of
+the Spark driver JVM (sampled with psutil), and a Markdown table for benchmarks/results.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Run as a script, this file's folder comes first on sys.path, and this file (tokenize.py)
+# would shadow the standard library's tokenize module that linecache and Spark import.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+sys.path.insert(0, os.path.dirname(_HERE))
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psutil  # noqa: E402
+
+
+class PeakRss:
+    """Samples the RSS of this process and of its direct children (the Spark driver JVM)."""
+
+    def __init__(self, interval: float = 0.2) -> None:
+        self.me = psutil.Process()
+        self.interval = interval
+        self.python = self.jvm = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.python = max(self.python, self.me.memory_info().rss)
+                for child in self.me.children():
+                    if "java" in child.name():
+                        self.jvm = max(self.jvm, child.memory_info().rss)
+            except psutil.Error:
+                pass
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _job(argv: list[str]) -> dict:
+    from contextlib import redirect_stdout
+    from io import StringIO
+
+    from jobs.tokenize import main
+
+    out = StringIO()
+    with redirect_stdout(out):
+        code = main(argv)
+    if code != 0:
+        raise SystemExit(f"tokenize {argv} exited {code}")
+    return json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=2_000_000)
+    parser.add_argument("--columns", type=int, default=10)
+    parser.add_argument("--bins", type=int, default=256)
+    parser.add_argument("--work", default="/tmp/bench_tokenize")
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--driver-memory", default="4g")
+    args = parser.parse_args()
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    from pipelines import delta
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    spark = (
+        SparkSession.builder.master(args.master)
+        .appName("bench-tokenize")
+        .config("spark.driver.memory", args.driver_memory)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", "8")
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    names = [f"c{i}" for i in range(args.columns)]
+    values = args.rows * args.columns
+
+    # Mixed shapes: normal, log-normal, heavy ties (rounded), uniform; a few NaN.
+    shapes = [
+        lambda i: F.randn(seed=i) * 3 + 1,
+        lambda i: F.exp(F.randn(seed=i)),
+        lambda i: F.round(F.randn(seed=i), 1),
+        lambda i: F.rand(seed=i) * 1000,
+    ]
+    src = str(work / "src")
+    cols = [F.col("id").alias("_row_id")] + [shapes[i % 4](i).alias(n) for i, n in enumerate(names)]
+    df = spark.range(args.rows).select(*cols)
+    df = df.withColumn("c0", F.when(F.col("_row_id") % 1000 == 7, F.lit(float("nan"))).otherwise(F.col("c0")))
+    t_gen = _timed(lambda: delta.write_table(df, src, mode="overwrite"))
+    files = len(delta._open(src).file_uris())
+
+    results: dict[str, float] = {}
+    with PeakRss() as rss:
+        # Baselines: plain Parquet read + write of the same files, no Delta, no Python.
+        # The first write also warms the JVM up (JIT), so it is not the one measured.
+        src_df = delta.read_table(spark, src)
+        src_df.write.mode("overwrite").parquet(str(work / "warmup"))
+        results["parquet_spark"] = _timed(lambda: src_df.write.mode("overwrite").parquet(str(work / "plain")))
+
+        import polars as pl
+
+        results["parquet_polars"] = _timed(
+            lambda: pl.scan_parquet(delta._open(src).file_uris()).sink_parquet(str(work / "plain_polars.parquet"))
+        )
+        summaries = {}
+        for engine in ("spark", "polars"):
+            out = str(work / f"out_{engine}")
+            t = _timed(
+                lambda out=out, engine=engine: summaries.__setitem__(
+                    f"tok_{engine}",
+                    _job(["--input", src, "--columns", ",".join(names), "--output", out, "--bins", str(args.bins), "--engine", engine]),
+                )
+            )
+            results[f"tokenize_job_{engine}"] = t
+            results[f"tokenize_pass_{engine}"] = summaries[f"tok_{engine}"]["timings"]["tokenize"]
+            results[f"fit_edges_{engine}"] = summaries[f"tok_{engine}"]["timings"]["fit_edges"]
+            results[f"fit_bins_{engine}"] = summaries[f"tok_{engine}"]["timings"]["fit_bins"]
+            argv = ["--detokenize", "--tokenizer", f"{out}/tokenizer", "--input", f"{out}/tokens", "--output", f"{out}/back",
+                    "--engine", engine]
+            t = _timed(lambda argv=argv, engine=engine: summaries.__setitem__(f"detok_{engine}", _job(argv)))
+            results[f"detokenize_job_{engine}"] = t
+            results[f"detokenize_pass_{engine}"] = summaries[f"detok_{engine}"]["timings"]["detokenize"]
+
+        # The same kernels through spark_map, written by Spark's own Parquet writer: what
+        # the passes cost without the delta-rs sink (Databricks writes Delta natively).
+        from pipelines.tokenize import detokenize, read_tokenizer, tokenize
+        from pipelines.tokenize.kernels import token_dtype
+
+        bins = read_tokenizer(str(work / "out_spark" / "tokenizer"))
+        tokens = tokenize(src_df, bins, dtype=token_dtype(args.bins))
+        results["tokenize_native_parquet"] = _timed(lambda: tokens.write.mode("overwrite").parquet(str(work / "tok_pq")))
+        back = detokenize(delta.read_table(spark, str(work / "out_spark" / "tokens")), bins)
+        results["detokenize_native_parquet"] = _timed(lambda: back.write.mode("overwrite").parquet(str(work / "detok_pq")))
+
+    rmse = {c: (v["rmse_mean"], v["rmse_centre"], v["effective_bins"]) for c, v in summaries["tok_spark"]["columns"].items()}
+    base_spark, base_polars = values / results["parquet_spark"], values / results["parquet_polars"]
+    print(f"machine: {platform.node()} {platform.machine()} {psutil.cpu_count()} cpus, "
+          f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.python_version()}, master={args.master}")
+    print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}")
+    print(f"rows: {args.rows:,}  columns: {args.columns}  values: {values:,}  bins: {args.bins}  source files: {files}  "
+          f"(generate+write {t_gen:.1f}s)")
+    print(f"peak RSS: driver python {rss.python / 2**20:.0f} MiB, driver JVM {rss.jvm / 2**20:.0f} MiB")
+    print()
+    print("| step | engine | seconds | values/s | vs plain Parquet read+write |")
+    print("|---|---|---:|---:|---:|")
+    rows = [
+        ("plain Parquet read+write", "spark", "parquet_spark", base_spark),
+        ("plain Parquet read+write", "polars", "parquet_polars", base_polars),
+        ("tokens pass (read, kernel, write Delta)", "spark", "tokenize_pass_spark", base_spark),
+        ("tokens pass (read, kernel, write Delta)", "polars", "tokenize_pass_polars", base_polars),
+        ("tokens pass, Spark's Parquet writer instead of the delta-rs sink", "spark", "tokenize_native_parquet", base_spark),
+        ("fit pass 1: edges (percentile_approx, Spark)", "spark", "fit_edges_spark", base_spark),
+        ("fit pass 2: bin statistics (kernel + aggregation, Spark)", "spark", "fit_bins_spark", base_spark),
+        ("tokenize job, all passes", "spark", "tokenize_job_spark", base_spark),
+        ("tokenize job, all passes", "polars", "tokenize_job_polars", base_polars),
+        ("detokenise pass (read, kernel, write Delta)", "spark", "detokenize_pass_spark", base_spark),
+        ("detokenise pass (read, kernel, write Delta)", "polars", "detokenize_pass_polars", base_polars),
+        ("detokenise pass, Spark's Parquet writer instead of the delta-rs sink", "spark", "detokenize_native_parquet", base_spark),
+        ("detokenize job (+ token counts)", "spark", "detokenize_job_spark", base_spark),
+        ("detokenize job (+ token counts)", "polars", "detokenize_job_polars", base_polars),
+    ]
+    for label, engine, key, base in rows:
+        rate = values / results[key]
+        print(f"| {label} | {engine} | {results[key]:.1f} | {rate:,.0f} | {rate / base:.0%} |")
+    print()
+    print("| column | effective bins | RMSE bin means | RMSE bin centres |")
+    print("|---|---:|---:|---:|")
+    for c, (m, ce, nb) in rmse.items():
+        print(f"| {c} | {nb} | {m:.4g} | {ce:.4g} |")
+    print(json.dumps({"rows": args.rows, "columns": args.columns, "seconds": results}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""gmm_fit on Spark: the summary pass, the job, artifacts, failures, resume and SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from pyspark.sql import types as T
+
+from jobs.gmm_fit import main
+from pipelines import delta
+from pipelines.gmm import fit as gmm_fit
+from pipelines.gmm.em import Mixture, log_likelihood
+from pipelines.gmm.fit import load_models, mean_log_likelihood, summarize
+from pipelines.gmm.model import MODEL_SCHEMA
+from pipelines.gmm.summary import ColumnSpec, summarize_arrays
+
+REPO = Path(__file__).resolve().parents[1]
+N = 4000
+
+
+def _table(tmp_path, n=N, seed=0) -> str:
+    """A bronze-like Delta table with every kind of column, written without Spark."""
+    rng = np.random.default_rng(seed)
+    half = n // 2
+    amount = np.r_[rng.normal(0, 1, half), rng.normal(10, 2, n - half)]
+    amount[:5] = [np.nan, np.inf, -np.inf, np.nan, np.nan]
+    mixed = np.where(rng.random(n) < 0.3, 0.0, rng.normal(50, 5, n))
+    mixed[::97] = -1.0
+    frame = pl.DataFrame(
+        {
+            "_row_id": np.arange(n, dtype=np.int64),
+            "amount": amount,
+            "mixed": mixed,
+            "cat": rng.choice(["x", "y", "z"], n, p=[0.5, 0.3, 0.2]).tolist(),
+            "count": rng.integers(0, 3, n).astype(np.int32),
+            "constant": np.full(n, 7.5),
+            "empty": pl.Series([None] * n, dtype=pl.Float64),
+            "text": ["t"] * n,
+        }
+    ).with_columns(pl.when(pl.col("_row_id") % 11 == 0).then(None).otherwise(pl.col("cat")).alias("cat"))
+    path = str(tmp_path / "bronze")
+    delta.write_polars(frame, path, mode="overwrite")
+    return path
+
+
+def _run(capsys, *args):
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, json.loads(out.strip().splitlines()[-1]), err
+
+
+def _models(fit_dir) -> pl.DataFrame:
+    return pl.read_delta(str(Path(fit_dir) / "models")).sort("column", "component")
+
+
+def _status(fit_dir) -> dict[str, dict]:
+    return {r["column"]: r for r in pl.read_delta(str(Path(fit_dir) / "fit_status")).to_dicts()}
+
+
+GOOD = ["--columns", "amount,count,constant", "--categorical", "cat", "--mixed", "mixed=0,-1"]
+
+
+def test_summary_pass_equals_the_in_memory_kernel_whatever_the_partitioning(spark):
+    rng = np.random.default_rng(1)
+    x = np.r_[rng.normal(-5, 1, 1500), rng.lognormal(2, 1, 1500), [None] * 7]
+    c = rng.choice(["p", "q"], x.size).tolist()
+    df = spark.createDataFrame(
+        [(float(v) if v is not None else None, s) for v, s in zip(x, c, strict=True)],
+        T.StructType([T.StructField("x", T.DoubleType()), T.StructField("c", T.StringType())]),
+    )
+    specs = [ColumnSpec("x", "continuous"), ColumnSpec("c", "categorical")]
+    one = summarize(df.repartition(1), specs, max_bins=200)
+    many = summarize(df.repartition(5), specs, max_bins=200)
+    local = summarize_arrays({"x": np.array(x, dtype=float), "c": c}, specs, max_bins=200)
+    for got in (one, many):
+        for field in ("values", "counts", "variances"):
+            np.testing.assert_array_equal(getattr(got["x"], field), getattr(local["x"], field))
+        assert (got["x"].n_null, got["x"].n_rows) == (7, x.size)
+        assert got["c"].categories == local["c"].categories
+
+
+def test_job_fits_every_kind_and_records_failed_columns(spark, tmp_path, capsys):
+    src, fit_dir = _table(tmp_path), str(tmp_path / "fit")
+    code, summary, err = _run(capsys, "--input", src, "--fit-dir", fit_dir, "--columns", "amount,count,constant,empty,text",
+                              *GOOD[2:])
+    assert code == 1
+    assert "error: 2 column(s) failed: empty, text" in err
+    assert summary["status"] == "failed" and summary["counts"]["failed"] == 2 and summary["counts"]["fitted"] == 5
+    status = _status(fit_dir)
+    assert {c: r["status"] for c, r in status.items()} == {
+        "amount": "succeeded", "count": "succeeded", "constant": "succeeded", "cat": "succeeded",
+        "mixed": "succeeded", "empty": "failed", "text": "failed"}
+    assert "no finite values" in status["empty"]["error"]
+    assert "not numeric (type string)" in status["text"]["error"]
+    assert status["amount"]["n_rows"] == N and status["amount"]["attempt"] == 1
+
+    models = _models(fit_dir)
+    assert sorted(models.columns) == sorted(MODEL_SCHEMA.names)
+    assert set(models["column"]) == {"amount", "count", "constant", "cat", "mixed"}
+    amount = models.filter(pl.col("column") == "amount")
+    assert amount["n_null"][0] == 5 and amount["n_rows"][0] == N
+    assert amount["mode"][0] == "mle" and amount["max_components"][0] == 10
+    assert models.filter(pl.col("column") == "count").height == 3  # 3 distinct values -> 3 components
+    const = models.filter(pl.col("column") == "constant").row(0, named=True)
+    assert (const["mean"], const["std"], const["rank"]) == (7.5, 1e-6, 0)
+    cat = models.filter(pl.col("column") == "cat").sort("rank")
+    assert cat["value"].to_list() == ["x", "y", "z", None] and cat["is_null"].to_list() == [False] * 3 + [True]
+    mixed = models.filter(pl.col("column") == "mixed")
+    assert mixed.filter(pl.col("kind") == "special")["value_double"].to_list() == [0.0, -1.0]
+
+    loaded = load_models(fit_dir)
+    assert set(loaded) == {"amount", "count", "constant", "cat", "mixed"}
+    assert loaded["amount"].n_modes == amount["kept"].sum()
+    assert [m.value for m in loaded["cat"].kept] == ["x", "y", "z", None]
+
+
+def test_resume_fits_only_unfinished_columns_and_only_refits_named_ones(spark, tmp_path, capsys, monkeypatch):
+    src, fit_dir = _table(tmp_path, seed=2), str(tmp_path / "fit")
+    real = gmm_fit.fit_summary
+
+    def failing(summary, **kw):
+        if summary.spec.column == "amount":
+            raise RuntimeError("injected failure")
+        return real(summary, **kw)
+
+    monkeypatch.setattr(gmm_fit, "fit_summary", failing)
+    code, _, err = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
+    assert code == 1 and "failed: amount" in err
+    first_status, first_models = _status(fit_dir), _models(fit_dir)
+    assert first_status["amount"]["status"] == "failed" and "injected failure" in first_status["amount"]["error"]
+    assert "amount" not in set(first_models["column"])
+
+    monkeypatch.setattr(gmm_fit, "fit_summary", real)
+    code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
+    assert code == 0 and summary["counts"] == {"columns": 5, "to_fit": 1, "already_succeeded": 4, "fitted": 1,
+                                               "failed": 0}
+    status, models = _status(fit_dir), _models(fit_dir)
+    assert status["amount"]["status"] == "succeeded" and status["amount"]["attempt"] == 2
+    for c in ("count", "constant", "cat", "mixed"):
+        assert status[c] == first_status[c]  # untouched, attempt still 1
+        assert models.filter(pl.col("column") == c).equals(first_models.filter(pl.col("column") == c))
+
+    code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD, "--only", "cat")
+    assert code == 0 and summary["counts"]["to_fit"] == 1
+    assert _status(fit_dir)["cat"]["attempt"] == 2 and _status(fit_dir)["amount"]["attempt"] == 2
+    again = _models(fit_dir)
+    assert again.filter(pl.col("column") == "cat").drop("fit_id").equals(
+        models.filter(pl.col("column") == "cat").drop("fit_id"))  # same data + seed -> same model
+
+    code, _, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
+    assert code == 0 and all(r["attempt"] <= 2 for r in _status(fit_dir).values())
+
+
+def test_bad_input_is_one_line_and_exit_2(spark, tmp_path, capsys):
+    src = _table(tmp_path, n=100)
+    code, _, err = _run(capsys, "--input", src, "--fit-dir", str(tmp_path / "f"), "--columns", "amount,nope")
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"error: {src}: column(s) not found: nope (has _row_id, amount, mixed, cat, count, constant, empty, text)")
+    code, _, err = _run(capsys, "--input", str(tmp_path / "missing"), "--fit-dir", str(tmp_path / "f"))
+    assert code == 2 and "not a Delta table" in err
+    with pytest.raises(SystemExit) as exc:
+        main(["--input", src, "--mixed", "amount"])
+    assert exc.value.code == 2
+    code, _, err = _run(capsys, "--input", src, "--fit-dir", str(tmp_path / "f"), "--backend", "spark-ml",
+                        "--mode", "bayesian")
+    assert code == 2 and "gmm_fit.mode" in err
+
+
+def test_spark_ml_backend_and_full_data_refinement(spark, tmp_path, capsys):
+    src = _table(tmp_path, n=3000, seed=3)
+    fits = {}
+    for name, extra in {"summary": [], "refined": ["--refine-iterations", "2"],
+                        "spark-ml": ["--backend", "spark-ml", "--max-components", "3"]}.items():
+        fit_dir = str(tmp_path / name)
+        code, _, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, "--columns", "amount", "--mixed", "mixed=0",
+                          "--max-components", "3", *extra)
+        assert code == 0
+        fits[name] = load_models(fit_dir)
+    assert fits["spark-ml"]["amount"].settings["backend"] == "spark-ml"
+
+    x = pl.read_delta(src)["amount"].to_numpy()
+    x = x[np.isfinite(x)]
+    df = delta.read_table(spark, src)
+
+    def mix(model):
+        g = [m for m in model.modes if m.kind == "gaussian"]
+        return Mixture(weights=np.array([m.weight for m in g]), means=np.array([m.mean for m in g]),
+                       stds=np.array([m.std for m in g]))
+
+    ll = {name: log_likelihood(x, mix(f["amount"])).mean() for name, f in fits.items()}
+    assert ll["summary"] >= ll["spark-ml"] - 0.01
+    assert ll["refined"] >= ll["summary"] - 1e-3  # full-data EM steps do not lose likelihood
+    # the distributed evaluation pass agrees with numpy on the same rows
+    dist = mean_log_likelihood(df, {"amount": mix(fits["summary"]["amount"])})
+    assert dist["amount"] == pytest.approx(ll["summary"], abs=1e-9)
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    import pipelines.gmm.fit as fit
+    real = fit._replace_column
+    def slow(fit_dir, table, data, column):
+        real(fit_dir, table, data, column)
+        if table == "models":
+            print("wrote", column, flush=True)
+            time.sleep(1.0)  # widen the window in which the test kills us
+    fit._replace_column = slow
+    from jobs.gmm_fit import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_sigkill_mid_fit_then_rerun_completes(spark, tmp_path, capsys):
+    src, fit_dir = _table(tmp_path, seed=4), str(tmp_path / "fit")
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, "--input", src, "--fit-dir", fit_dir, *GOOD],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=REPO, start_new_session=True, text=True,
+    )
+    try:
+        written = [proc.stdout.readline() for _ in range(2)]  # two models committed, then kill
+        assert all(line.startswith("wrote") for line in written), written
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the job and its Spark JVM
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    status = _status(fit_dir)
+    done = {c for c, r in status.items() if r["status"] == "succeeded"}
+    assert 1 <= len(done) < 5 and any(r["status"] == "running" for r in status.values())
+    before = _models(fit_dir)
+
+    code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
+    assert code == 0 and summary["counts"]["already_succeeded"] == len(done)
+    after, status_after = _models(fit_dir), _status(fit_dir)
+    assert all(r["status"] == "succeeded" for r in status_after.values()) and len(status_after) == 5
+    for c in done:  # fitted before the kill: identical rows, attempt 1
+        assert after.filter(pl.col("column") == c).equals(before.filter(pl.col("column") == c))
+        assert status_after[c]["attempt"] == 1
+    for c in set(before["column"]):  # whatever was visible was a whole model (the refit is deterministic)
+        assert before.filter(pl.col("column") == c).drop("fit_id").equals(
+            after.filter(pl.col("column") == c).drop("fit_id"))

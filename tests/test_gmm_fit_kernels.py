@@ -1,0 +1,267 @@
+"""GMM fitting kernels (summary, EM, modes): numpy/polars only, no Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pytest
+from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
+
+from pipelines.gmm.em import Mixture, fit_mixture, log_likelihood, weighted_kmeans
+from pipelines.gmm.model import STD_FLOOR_ABS, std_floor
+from pipelines.gmm.modes import build_model, fit_summary
+from pipelines.gmm.summary import (
+    PARTIAL_SCHEMA,
+    ColumnSpec,
+    coarsen,
+    column_summary,
+    fine_bins,
+    partition_partials,
+    summarize_arrays,
+)
+
+SETTINGS = {"max_components": 10, "weight_threshold": 0.005, "mode": "mle", "backend": "summary", "seed": 0,
+            "fit_id": "test"}
+
+
+def _multimodal(n: int, seed: int = 0) -> np.ndarray:
+    """Multimodal and heavy-tailed: two normals, a Student-t (df=2) and a lognormal."""
+    rng = np.random.default_rng(seed)
+    q = n // 4
+    x = np.r_[rng.normal(-5, 1, q), rng.normal(3, 0.5, q), rng.standard_t(2, q) * 2 + 20,
+              rng.lognormal(2, 1, n - 3 * q)]
+    rng.shuffle(x)
+    return x
+
+
+def _summary(x, spec=None, max_bins=4096):
+    spec = spec or ColumnSpec("a", "continuous")
+    return summarize_arrays({spec.column: pa.array(x)}, [spec], max_bins=max_bins)[spec.column]
+
+
+def _summary_from_partitions(chunks, spec, max_bins):
+    """What the Spark pass does: partials per partition, summed by key, then coarsened."""
+    partials = pa.Table.from_batches(
+        [b for chunk in chunks for b in partition_partials([pa.RecordBatch.from_pydict({spec.column: chunk})], [spec])],
+        schema=PARTIAL_SCHEMA,
+    )
+    summed = (
+        pl.from_arrow(partials)
+        .group_by("column", "part", "key", "category")
+        .agg(pl.col("n", "sq", "sqh2", "sqhl", "sql2").sum(), pl.col("vmin").min(), pl.col("vmax").max())
+        .sample(fraction=1.0, shuffle=True, seed=len(chunks))  # Spark gives no row order
+        .to_arrow()
+    )
+    return column_summary(coarsen(summed.cast(PARTIAL_SCHEMA), max_bins=max_bins), spec)
+
+
+# ----------------------------------------------------------------------------- summary
+
+
+def test_fine_bin_keys_sort_like_values():
+    x = np.array([-np.finfo(float).max, -1e300, -3.5, -1.0, -1e-310, -0.0, 0.0, 5e-324, 1e-300, 0.25, 1.0,
+                  1.0003, 3.5, 1e300, np.finfo(float).max])
+    keys, q = fine_bins(x)
+    assert np.all(np.diff(keys) >= 0)
+    assert keys[5] == keys[6] == 0  # -0.0 and 0.0 share a bin
+    assert keys[9] < keys[10] < keys[11]  # bins are 2**-12 of |x| wide: 1.0 and 1.0003 differ
+    assert ((q >= 0) & (q <= 1 << 24)).all()
+
+
+def test_summary_keeps_count_mean_and_variance_exactly():
+    x = _multimodal(50_000)
+    s = _summary(x, max_bins=500)
+    assert s.values.size <= 500 and not s.exact
+    n = s.counts.sum()
+    mean = s.counts @ s.values / n
+    var = s.counts @ ((s.values - mean) ** 2 + s.variances) / n
+    assert n == x.size
+    assert mean == pytest.approx(x.mean(), rel=1e-10)
+    assert var == pytest.approx(x.var(), rel=1e-8)
+    assert np.all(np.diff(s.values) > 0)
+
+
+def test_few_distinct_values_give_exact_value_count_pairs():
+    rng = np.random.default_rng(1)
+    x = rng.choice([-2.5, 0.1, 7.0, 1e6], size=1000, p=[0.1, 0.2, 0.3, 0.4])
+    s = _summary(x)
+    assert s.exact
+    values, counts = np.unique(x, return_counts=True)
+    np.testing.assert_array_equal(s.values, values)
+    np.testing.assert_array_equal(s.counts, counts)
+    np.testing.assert_array_equal(s.variances, 0.0)
+    assert s.distinct_lower_bound == 4
+
+
+def test_summary_is_identical_whatever_the_partitioning():
+    x = _multimodal(20_000, seed=2)
+    spec = ColumnSpec("a", "mixed", (0.0,))
+    x[::7] = 0.0
+    one = _summary_from_partitions([x], spec, 300)
+    many = _summary_from_partitions(np.array_split(x[::-1], 7), spec, 300)
+    for field in ("values", "counts", "variances"):
+        np.testing.assert_array_equal(getattr(one, field), getattr(many, field))
+    assert one.special_counts == many.special_counts
+    a = fit_summary(one, max_components=5, mode="mle", seed=0)
+    b = fit_summary(many, max_components=5, mode="mle", seed=0)
+    np.testing.assert_array_equal(a.means, b.means)
+
+
+def test_nulls_nan_inf_are_counted_and_never_binned():
+    x = pa.array([1.0, None, np.nan, np.inf, -np.inf, 2.0, 2.0])
+    s = _summary(x)
+    assert (s.n_rows, s.n_null) == (7, 4)
+    np.testing.assert_array_equal(s.values, [1.0, 2.0])
+    np.testing.assert_array_equal(s.counts, [1, 2])
+
+
+# ----------------------------------------------------------------------------- EM
+
+
+def test_full_data_em_matches_sklearn_gaussian_mixture():
+    x = _multimodal(20_000, seed=3)
+    ours = fit_mixture(x, n_components=4, seed=0)
+    ref = GaussianMixture(4, init_params="kmeans", max_iter=100, random_state=0).fit(x[:, None])
+    assert log_likelihood(x, ours).mean() >= ref.score(x[:, None]) - 0.01
+
+
+def test_summary_em_log_likelihood_against_sklearn_on_200k_rows():
+    """Quality bar: same k, k-means init, max_iter=100; the reference fits every row."""
+    x = _multimodal(200_000, seed=4)
+    ours = fit_summary(_summary(x), max_components=10, mode="mle", seed=0)
+    ref = GaussianMixture(10, init_params="kmeans", max_iter=100, random_state=0).fit(x[:, None])
+    assert log_likelihood(x, ours).mean() >= ref.score(x[:, None]) - 0.01
+
+
+def test_parameter_recovery_on_a_known_mixture():
+    rng = np.random.default_rng(5)
+    weights, means, stds = np.array([0.5, 0.3, 0.2]), np.array([-10.0, 0.0, 15.0]), np.array([1.0, 2.0, 0.5])
+    comp = rng.choice(3, size=100_000, p=weights)
+    x = rng.normal(means[comp], stds[comp])
+    fit = fit_summary(_summary(x, max_bins=1000), max_components=3, mode="mle", seed=1)
+    order = np.argsort(fit.means)
+    np.testing.assert_allclose(fit.weights[order], weights, atol=0.01)
+    np.testing.assert_allclose(fit.means[order], means, atol=0.05)
+    np.testing.assert_allclose(fit.stds[order], stds, rtol=0.03)
+
+
+def test_bayesian_prunes_where_mle_keeps_splitting():
+    rng = np.random.default_rng(6)
+    x = np.r_[rng.normal(-3, 1, 6000), rng.normal(4, 1.5, 4000)]
+    s = _summary(x, max_bins=512)
+    mle = build_model(s, fit_summary(s, max_components=10, mode="mle", seed=0), weight_threshold=0.005,
+                      settings=SETTINGS)
+    assert mle.n_modes == 10
+    # one initialisation can stall with a mode split in two (a local optimum of the bound) ...
+    single = build_model(s, fit_summary(s, max_components=10, mode="bayesian", seed=0), weight_threshold=0.005,
+                         settings=SETTINGS)
+    assert single.n_modes <= 3
+    # ... the best bound of a few restarts has exactly the two real modes
+    bayes_fit = fit_summary(s, max_components=10, mode="bayesian", seed=0, n_init=3)
+    bayes = build_model(s, bayes_fit, weight_threshold=0.005, settings=SETTINGS)
+    assert bayes.n_modes == 2
+    kept = sorted((m.mean, m.weight) for m in bayes.kept)
+    assert kept[0][0] == pytest.approx(-3, abs=0.1) and kept[1][0] == pytest.approx(4, abs=0.15)
+    assert kept[0][1] == pytest.approx(0.6, abs=0.02)
+
+
+def test_bayesian_updates_match_sklearn_on_full_data():
+    """Same variational updates as BayesianGaussianMixture (DP prior 1e-3): same quality after 100 iterations."""
+    x = _multimodal(5000, seed=7)
+    ours = fit_mixture(x, n_components=5, mode="bayesian", max_iter=100, seed=0)
+    ref = BayesianGaussianMixture(n_components=5, weight_concentration_prior_type="dirichlet_process",
+                                  weight_concentration_prior=1e-3, max_iter=100, random_state=0).fit(x[:, None])
+    ref_mix = Mixture(weights=ref.weights_, means=ref.means_[:, 0], stds=np.sqrt(ref.covariances_[:, 0, 0]))
+    assert log_likelihood(x, ours).mean() == pytest.approx(log_likelihood(x, ref_mix).mean(), abs=0.02)
+
+
+def test_weighted_kmeans_equals_kmeans_on_repeated_points():
+    x = np.array([0.0, 0.1, 5.0, 5.2, 10.0])
+    w = np.array([3, 1, 2, 2, 1])
+    labels, centers = weighted_kmeans(x, w, 3, seed=0)
+    assert sorted(np.round(centers, 6)) == [0.025, 5.1, 10.0]
+    assert len(set(labels[:2])) == 1 and len(set(labels[2:4])) == 1
+
+
+def test_fit_mixture_checks_its_inputs():
+    with pytest.raises(ValueError, match="n_components must be in"):
+        fit_mixture([1.0, 2.0], n_components=3)
+    with pytest.raises(ValueError, match="counts must be > 0"):
+        fit_mixture([1.0, 2.0], [1, 0], n_components=1)
+    with pytest.raises(ValueError, match="mode must be"):
+        fit_mixture([1.0, 2.0], n_components=1, mode="map")
+
+
+# ----------------------------------------------------------------------------- modes and models
+
+
+def test_constant_column_gets_one_mode_with_the_std_floor():
+    s = _summary(np.full(100, 12345.0))
+    model = build_model(s, fit_summary(s, max_components=10, mode="mle", seed=0), weight_threshold=0.005,
+                        settings=SETTINGS)
+    (mode,) = model.modes
+    assert (mode.mean, mode.std, mode.weight, mode.rank) == (12345.0, std_floor(12345.0), 1.0, 0)
+    assert std_floor(0.0) == STD_FLOOR_ABS
+
+
+def test_fewer_distinct_values_than_components_gives_fewer_components():
+    s = _summary(np.repeat([1.0, 2.0, 3.0], [50, 30, 20]))
+    fit = fit_summary(s, max_components=10, mode="mle", seed=0)
+    assert fit.weights.size == 3
+    np.testing.assert_allclose(np.sort(fit.means), [1.0, 2.0, 3.0], atol=1e-6)
+
+
+def test_all_null_column_fails_with_a_message():
+    with pytest.raises(ValueError, match="no finite values"):
+        fit_summary(_summary(pa.array([None, None], pa.float64())), max_components=3, mode="mle", seed=0)
+
+
+def test_kept_modes_are_ranked_by_selection_frequency():
+    rng = np.random.default_rng(8)
+    x = np.r_[rng.normal(0, 1, 2000), rng.normal(10, 1, 6000), rng.normal(20, 1, 2000), [100.0]]
+    s = _summary(x)
+    fit = Mixture(weights=np.array([0.2, 0.6, 0.2 - 1e-4, 1e-4]), means=np.array([0.0, 10.0, 20.0, 100.0]),
+                  stds=np.ones(4))
+    model = build_model(s, fit, weight_threshold=0.005, settings=SETTINGS)
+    kept = model.kept
+    # by rows selecting them, not by weight: once the 100-mode is dropped its row selects
+    # the 20-mode, which then beats the 0-mode (2001 rows vs 2000) despite its lower weight
+    assert [m.mean for m in kept] == [10.0, 20.0, 0.0]
+    assert [m.rank for m in kept] == [0, 1, 2]
+    assert sum(m.frequency for m in kept) == pytest.approx(1.0)
+    dropped = [m for m in model.modes if not m.kept]
+    assert len(dropped) == 1 and dropped[0].rank is None and dropped[0].mean == 100.0
+    assert kept[0].frequency == pytest.approx(0.6, abs=0.01)
+
+
+def test_categorical_ranks_with_null_as_a_category():
+    values = ["b"] * 5 + ["a"] * 5 + [None] * 7 + ["c"]
+    spec = ColumnSpec("cat", "categorical")
+    s = summarize_arrays({"cat": pa.array(values)}, [spec], max_bins=16)["cat"]
+    model = build_model(s, None, weight_threshold=0.005, settings=SETTINGS)
+    got = [(m.rank, m.value, m.is_null, m.weight) for m in model.kept]
+    assert got == [(0, None, True, 7 / 18), (1, "a", False, 5 / 18), (2, "b", False, 5 / 18), (3, "c", False, 1 / 18)]
+    assert model.settings["n_rows"] == 18 and model.settings["n_null"] == 7
+
+
+def test_mixed_column_special_values_are_modes_with_unified_ranks():
+    rng = np.random.default_rng(9)
+    x = np.r_[np.zeros(5000), np.full(1000, -1.0), rng.normal(100, 10, 4000), [np.nan] * 10]
+    spec = ColumnSpec("m", "mixed", (0.0, -1.0, 7.0))
+    s = _summary(x, spec)
+    assert s.special_counts == (5000, 1000, 0)
+    fit = fit_summary(s, max_components=5, mode="mle", seed=0)
+    model = build_model(s, fit, weight_threshold=0.005, settings=SETTINGS)
+    specials = [m for m in model.modes if m.kind == "special"]
+    assert [(m.value_double, m.kept) for m in specials] == [(0.0, True), (-1.0, True), (7.0, False)]
+    assert specials[0].rank == 0 and specials[1].rank is not None and specials[2].rank is None
+    freqs = [m.frequency for m in model.kept]  # rank order
+    assert freqs == sorted(freqs, reverse=True)
+    assert specials[1].frequency == pytest.approx(0.1)
+    gauss = [m for m in model.kept if m.kind == "gaussian"]
+    assert sum(m.weight for m in model.modes if m.kind == "gaussian") == pytest.approx(0.4)
+    assert sum(m.frequency for m in model.kept) == pytest.approx(1.0)
+    assert sorted(m.rank for m in model.kept) == list(range(len(model.kept)))
+    assert all(95 < m.mean < 105 or m.weight < 0.2 for m in gauss)
+    assert model.settings["n_null"] == 10 and model.settings["n_rows"] == 10010
