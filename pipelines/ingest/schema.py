@@ -68,6 +68,7 @@ class FieldCheck:
 
     value: Column
     problem: Column  # a string naming the field and the problem, or null when the value is fine
+    failed: Column  # cheap boolean: true exactly when ``problem`` is not null
 
 
 def parse_type(text: str, *, where: str) -> T.DataType:
@@ -254,14 +255,15 @@ def check_field(
         projection (the check refers to it several times); computed here otherwise.
     """
     if source_type == target:
-        return FieldCheck(raw, F.lit(None).cast("string"))
+        return FieldCheck(raw, F.lit(None).cast("string"), F.lit(False))
     if cast is None:
         cast = cast_expr(raw, source_type=source_type, target=target)
     t = target.simpleString()
     if not isinstance(source_type, T.StringType):
         # Native source types (Parquet/Delta with a schema file): a failed cast is a failure.
         failed = raw.isNotNull() & cast.isNull()
-        return FieldCheck(cast, F.when(failed, F.format_string(f"{name}: cannot cast %s to {t}", _quoted(raw.cast("string")))))
+        problem = F.when(failed, F.format_string(f"{name}: cannot cast %s to {t}", _quoted(raw.cast("string"))))
+        return FieldCheck(cast, problem, failed)
     # Blank strings are null values (counted as empty), not failures.
     failed = cast.isNull() & raw.isNotNull() & ~_blank(raw)
     if isinstance(target, _FRACTIONAL):
@@ -277,7 +279,7 @@ def check_field(
     # elimination would otherwise compute it (a regex replace) for every row.
     head = F.when(out_of_range, F.lit(f"{name}: value ")).when(failed, F.lit(f"{name}: cannot parse "))
     tail = F.when(out_of_range, F.lit(f" out of range for {t}")).otherwise(F.lit(f" as {t}"))
-    return FieldCheck(cast, F.when(head.isNotNull(), F.concat(head, _quoted(raw), tail)))
+    return FieldCheck(cast, F.when(head.isNotNull(), F.concat(head, _quoted(raw), tail)), out_of_range | failed)
 
 
 def _quoted(value: Column, limit: int = 40) -> Column:

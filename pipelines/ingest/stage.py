@@ -445,17 +445,24 @@ def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: Ingest
     if s.format in ("csv", "json") and s.encoding.upper().replace("-", "") == "UTF8":
         # Spark decodes invalid UTF-8 to U+FFFD; finding it is how undecodable bytes are caught.
         undecodable = {
-            c: F.when(_undecodable(F.col(c), s.format), F.lit(f"{c}: undecodable bytes (not valid {s.encoding})"))
+            c: _undecodable(F.col(c), s.format)
             for c, t in zip(cols.safe, cols.read_types, strict=True)
             if isinstance(t, T.StringType)
         }
     # An undecodable field is reported as such, not also as a value of the wrong type.
-    problems = [F.coalesce(undecodable[c], checks[c].problem) if c in undecodable else checks[c].problem
-                for c in cols.safe]
-    if not problems:
+    problems = [
+        F.when(undecodable[c], F.lit(f"{c}: undecodable bytes (not valid {s.encoding})")).otherwise(checks[c].problem)
+        if c in undecodable else checks[c].problem
+        for c in cols.safe
+    ]
+    flags = [undecodable[c] | checks[c].failed if c in undecodable else checks[c].failed for c in cols.safe]
+    if not flags:
         return F.lit(None).cast("string")
-    # The joined text is built only for failing rows; a good row costs one null check per field.
-    return F.when(F.coalesce(*problems).isNotNull(), F.concat_ws("; ", *problems))
+    # Good rows only evaluate the boolean flags; the reason text is built for failing rows alone.
+    any_failed = flags[0]
+    for flag in flags[1:]:
+        any_failed = any_failed | flag
+    return F.when(any_failed, F.concat_ws("; ", *problems))
 
 
 def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
