@@ -1,0 +1,365 @@
+"""Input for cluster_eval: reading, the built-in default dataset, feature checks,
+null/NaN/inf handling, scaling, and deterministic bounded samples.
+
+Every step is a Spark transformation or a one-row aggregation; the only rows that
+reach the driver are a seeded sample of at most a configured size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines import fs
+from pipelines.errors import UserError
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from pipelines.config import ClusterEvalSettings
+    from pipelines.runs import Run
+
+ROW_ID = "_row_id"
+FEATURES = "features"
+
+# The built-in dataset: well-separated Gaussian blobs with a known number of clusters.
+DEFAULT_ROWS = 20_000
+DEFAULT_K = 4
+DEFAULT_DIMS = 5
+DEFAULT_SEED = 20240601
+_MIN_CENTER_GAP = 9.0
+
+_HASH_MASK = (1 << 53) - 1
+
+
+def hash_uniform(*cols: Column) -> Column:
+    """A uniform draw in (0, 1) from a 64-bit hash of ``cols``.
+
+    Depends only on the values hashed (seed, row id, ...), so draws do not change with
+    the partitioning, unlike ``F.rand``.
+    """
+    from pyspark.sql import functions as F
+
+    return ((F.xxhash64(*cols).bitwiseAND(F.lit(_HASH_MASK)).cast("double") + 0.5) / float(1 << 53))
+
+
+def hash_normal(*cols: Column) -> Column:
+    """A standard normal draw (Box-Muller on two hash uniforms of ``cols``)."""
+    from pyspark.sql import functions as F
+
+    u1 = hash_uniform(*cols, F.lit(1))
+    u2 = hash_uniform(*cols, F.lit(2))
+    return F.sqrt(-2.0 * F.log(u1)) * F.cos(2.0 * math.pi * u2)
+
+
+def blob_centers(k: int, dims: int, *, seed: int, min_gap: float = _MIN_CENTER_GAP) -> np.ndarray:
+    """``k`` centers in ``[-10, 10]^dims``, pairwise at least ``min_gap`` apart (seeded)."""
+    rng = np.random.default_rng(seed)
+    centers: list[np.ndarray] = []
+    while len(centers) < k:
+        c = rng.uniform(-10.0, 10.0, dims)
+        if all(np.linalg.norm(c - o) >= min_gap for o in centers):
+            centers.append(c)
+    return np.vstack(centers)
+
+
+def make_blobs(
+    spark: SparkSession,
+    *,
+    rows: int = DEFAULT_ROWS,
+    k: int = DEFAULT_K,
+    dims: int = DEFAULT_DIMS,
+    seed: int = DEFAULT_SEED,
+    partitions: int | None = None,
+) -> DataFrame:
+    """Gaussian blobs generated in Spark: ``_row_id``, ``_true_cluster``, ``x0..x{dims-1}``.
+
+    Deterministic: each value is a function of (seed, ``_row_id``, column), whatever
+    the partitioning. Cluster ``c`` has standard deviation ``0.8 + 0.1 * (c % 5)``.
+
+    Parameters
+    ----------
+    spark : SparkSession
+    rows : int, default=20000
+    k : int, default=4
+        The true number of clusters.
+    dims : int, default=5
+    seed : int
+    partitions : int, optional
+        Number of partitions of ``spark.range`` (Spark's default parallelism if None).
+
+    Returns
+    -------
+    pyspark.sql.DataFrame
+    """
+    from pyspark.sql import functions as F
+
+    centers = blob_centers(k, dims, seed=seed)
+    df = spark.range(0, rows, numPartitions=partitions).withColumnRenamed("id", ROW_ID)
+    cluster = (hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-1)) * k).cast("int")
+    df = df.withColumn("_true_cluster", cluster)
+    std = F.lit(0.8) + F.lit(0.1) * (F.col("_true_cluster") % 5)
+    cols = []
+    for j in range(dims):
+        center_j = F.element_at(F.array(*[F.lit(float(c)) for c in centers[:, j]]), F.col("_true_cluster") + 1)
+        cols.append((center_j + std * hash_normal(F.lit(seed), F.col(ROW_ID), F.lit(j))).alias(f"x{j}"))
+    return df.select(ROW_ID, "_true_cluster", *cols)
+
+
+def read_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> DataFrame:
+    """The input DataFrame: ``settings.input`` (Delta, Parquet or CSV) or the built-in blobs."""
+    if settings.input is None:
+        run.details["dataset"] = {
+            "name": "built-in Gaussian blobs",
+            "rows": DEFAULT_ROWS,
+            "true_k": DEFAULT_K,
+            "dims": DEFAULT_DIMS,
+            "seed": DEFAULT_SEED,
+        }
+        run.progress(f"no --input: using the built-in dataset ({DEFAULT_ROWS} rows, {DEFAULT_K} blobs)")
+        return make_blobs(spark)
+    path = settings.input
+    if not fs.exists(path):
+        raise UserError(f"{path}: input not found")
+    fmt = settings.format or _infer_format(path)
+    run.details["dataset"] = {"name": path, "format": fmt}
+    if fmt == "delta":
+        from pipelines.delta import read_table
+
+        return read_table(spark, path)
+    try:
+        if fmt == "csv":
+            return spark.read.option("header", True).option("inferSchema", True).csv(path)
+        return spark.read.parquet(path)
+    except Exception as exc:  # Spark's AnalysisException: unreadable or not this format
+        raise UserError(f"{path}: cannot read as {fmt}: {str(exc).splitlines()[0]}") from None
+
+
+def _infer_format(path: str) -> str:
+    if fs.exists(fs.join(path, "_delta_log")):
+        return "delta"
+    if path.lower().rstrip("/").endswith((".csv", ".csv.gz")):
+        return "csv"
+    return "parquet"
+
+
+def select_features(df: DataFrame, features: list[str] | None, *, source: str) -> list[str]:
+    """The feature columns: the given ones (checked) or every numeric column not starting with ``_``.
+
+    Raises
+    ------
+    UserError
+        A named column is missing or not numeric, or there is no numeric column.
+    """
+    from pyspark.sql.types import NumericType
+
+    types = {f.name: f.dataType for f in df.schema.fields}
+    if features is None:
+        chosen = [c for c, t in types.items() if isinstance(t, NumericType) and not c.startswith("_")]
+        if not chosen:
+            raise UserError(f"{source}: no numeric columns (other than _-prefixed ones) to cluster; columns: {list(types)}")
+        return chosen
+    for c in features:
+        if c not in types:
+            raise UserError(f"{source}: feature column '{c}' not found (columns: {list(types)})")
+        if not isinstance(types[c], NumericType):
+            raise UserError(f"{source}: feature column '{c}' is {types[c].simpleString()}, not numeric")
+    if len(set(features)) != len(features):
+        raise UserError(f"cluster_eval.features: duplicate column names in {features}")
+    return list(features)
+
+
+@dataclass
+class Profile:
+    """One aggregation over the input: row counts, bad values per column, and feature statistics."""
+
+    rows: int
+    invalid_rows: int
+    bad_values: dict[str, int]
+    mean: np.ndarray
+    std: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+
+def _bad(c: str) -> Column:
+    from pyspark.sql import functions as F
+
+    x = F.col(c).cast("double")
+    return x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
+
+
+def profile(df: DataFrame, features: list[str]) -> Profile:
+    """Counts and per-feature mean, population std, min and max over the fully valid rows."""
+    from functools import reduce
+
+    from pyspark.sql import functions as F
+
+    any_bad = reduce(lambda a, b: a | b, [_bad(c) for c in features])
+    good = {c: F.when(~any_bad, F.col(c).cast("double")) for c in features}
+    aggs = [F.count(F.lit(1)).alias("rows"), F.sum(any_bad.cast("long")).alias("invalid")]
+    for i, c in enumerate(features):
+        aggs += [
+            F.sum(_bad(c).cast("long")).alias(f"bad{i}"),
+            F.mean(good[c]).alias(f"mean{i}"),
+            F.stddev_pop(good[c]).alias(f"std{i}"),
+            F.min(good[c]).alias(f"min{i}"),
+            F.max(good[c]).alias(f"max{i}"),
+        ]
+    r = df.agg(*aggs).first()
+
+    def vec(name: str) -> np.ndarray:
+        return np.array([np.nan if r[f"{name}{i}"] is None else r[f"{name}{i}"] for i in range(len(features))])
+
+    return Profile(
+        rows=int(r["rows"]),
+        invalid_rows=int(r["invalid"] or 0),
+        bad_values={c: int(r[f"bad{i}"] or 0) for i, c in enumerate(features)},
+        mean=vec("mean"),
+        std=vec("std"),
+        minimum=vec("min"),
+        maximum=vec("max"),
+    )
+
+
+@dataclass
+class Prepared:
+    """The clustering input: ``_row_id`` + a ``features`` vector column, cached."""
+
+    df: DataFrame
+    features: list[str]
+    rows: int
+    profile: Profile
+    scaled: list[str]
+    constant: list[str]
+    shift: np.ndarray
+    scale: np.ndarray
+    counts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def low(self) -> np.ndarray:
+        """Per-feature minimum in the clustering space (for the gap statistic's box)."""
+        return (self.profile.minimum - self.shift) / self.scale
+
+    @property
+    def high(self) -> np.ndarray:
+        return (self.profile.maximum - self.shift) / self.scale
+
+    def to_input_units(self, centers: np.ndarray) -> np.ndarray:
+        return centers * self.scale + self.shift
+
+
+def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: str) -> Prepared:
+    """Check features, handle bad values, scale, and cache ``_row_id`` + ``features``.
+
+    Raises
+    ------
+    UserError
+        Non-numeric or missing feature column, empty input, or no valid rows left.
+    """
+    from pyspark import StorageLevel
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+
+    features = select_features(df, settings.features, source=source)
+    if ROW_ID in df.columns:
+        df = df.withColumn(ROW_ID, F.col(ROW_ID).cast("long"))
+    else:
+        run.warn(f"{source}: no {ROW_ID} column; assigning one by position (monotonically_increasing_id)")
+        df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
+    df = df.select(ROW_ID, *[F.col(c).cast("double").alias(c) for c in features])
+
+    prof = profile(df, features)
+    if prof.rows == 0:
+        raise UserError(f"{source}: input has no rows")
+    counts: dict[str, Any] = {"rows_input": prof.rows, "rows_with_invalid_features": prof.invalid_rows}
+    bad = {c: n for c, n in prof.bad_values.items() if n}
+    if prof.invalid_rows:
+        detail = ", ".join(f"{c}: {n}" for c, n in bad.items())
+        if settings.impute == "mean":
+            df, prof = _impute_means(df, features, bad)
+            counts["rows_imputed"] = counts["rows_with_invalid_features"]
+            counts["values_imputed"] = bad
+            run.warn(f"{source}: imputed column means into {counts['rows_imputed']} rows with null/NaN/inf features ({detail})")
+        else:
+            from functools import reduce
+
+            df = df.filter(~reduce(lambda a, b: a | b, [_bad(c) for c in features]))
+            counts["rows_excluded"] = prof.invalid_rows
+            counts["values_invalid"] = bad
+            run.warn(f"{source}: excluded {prof.invalid_rows} rows with null/NaN/inf features ({detail})")
+    rows = prof.rows - (prof.invalid_rows if settings.impute == "drop" else 0)
+    counts["rows_used"] = rows
+    if rows == 0:
+        raise UserError(f"{source}: no rows left after excluding {prof.invalid_rows} rows with null/NaN/inf features")
+
+    constant = [c for c, s in zip(features, prof.std, strict=True) if not s > 0.0]
+    for c in constant:
+        run.warn(f"{source}: feature '{c}' is constant; left out of scaling (it adds nothing to distances)")
+    shift, scale = np.zeros(len(features)), np.ones(len(features))
+    scaled: list[str] = []
+    if settings.scale == "standard":
+        for i, c in enumerate(features):
+            if c not in constant:
+                shift[i], scale[i] = prof.mean[i], prof.std[i]
+                scaled.append(c)
+    cols = [(F.col(c) - float(shift[i])) / float(scale[i]) if c in scaled else F.col(c) for i, c in enumerate(features)]
+    out = df.select(ROW_ID, array_to_vector(F.array(*cols)).alias(FEATURES)).persist(StorageLevel.MEMORY_AND_DISK)
+    return Prepared(out, features, rows, prof, scaled, constant, shift, scale, counts)
+
+
+def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tuple[DataFrame, Profile]:
+    """Replace bad values by the mean of the column's finite values; re-profile the result."""
+    from pyspark.sql import functions as F
+
+    means = df.agg(*[F.mean(F.when(~_bad(c), F.col(c))).alias(c) for c in bad]).first()
+    for c in bad:
+        if means[c] is None:
+            raise UserError(f"column '{c}': every value is null, NaN or infinite; nothing to impute from")
+    filled = df.select(
+        ROW_ID, *[F.when(_bad(c), F.lit(means[c])).otherwise(F.col(c)).alias(c) if c in bad else F.col(c) for c in features]
+    )
+    return filled, profile(filled, features)
+
+
+def bounded_sample(df: DataFrame, *, n_max: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of at most ``n_max`` rows of ``_row_id`` + ``features``, on the driver.
+
+    Rows are ranked by a hash of (seed, ``_row_id``), so the sample does not depend on
+    the partitioning. A hash filter keeps slightly more than ``n_max`` rows in Spark;
+    only those are collected, and the ``n_max`` lowest-ranked kept.
+
+    Returns
+    -------
+    row_ids : ndarray of shape (m,)
+    x : ndarray of shape (m, d)
+    """
+    from pyspark.ml.functions import vector_to_array
+    from pyspark.sql import functions as F
+
+    if n_max <= 0:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0))
+    u = hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-7))
+    fraction = min(1.0, (n_max + 6.0 * math.sqrt(n_max) + 100.0) / max(rows, 1))
+    picked = (
+        df.select(ROW_ID, vector_to_array(F.col(FEATURES)).alias("x"), u.alias("u"))
+        .filter(F.col("u") <= fraction)
+        .orderBy("u")
+        .limit(n_max)
+        .collect()
+    )
+    if not picked:
+        return np.empty(0, dtype=np.int64), np.empty((0, 0))
+    return np.array([r[ROW_ID] for r in picked], dtype=np.int64), np.array([r["x"] for r in picked], dtype=np.float64)
+
+
+def hash_sample(df: DataFrame, *, n_max: int, rows: int, seed: int) -> DataFrame:
+    """A seeded Spark-side sample of about ``n_max`` rows (a hash filter on ``_row_id``)."""
+    from pyspark.sql import functions as F
+
+    if n_max >= rows:
+        return df
+    return df.filter(hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-11)) <= n_max / rows)
