@@ -14,15 +14,21 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script (spark-submit, a Databricks spark_python_task), this file's folder is
-# first on sys.path and this file would shadow the standard library's ``tokenize``
-# (imported by linecache/traceback). Drop the folder before anything imports it.
+# Run as a script (spark-submit, a Databricks spark_python_task), a job's folder is first
+# on sys.path, so this file shadows the standard library's ``tokenize`` (imported by
+# linecache/traceback) for every job in it. Drop the folder, and when a sibling job's
+# ``import tokenize`` got this file, hand that import the real module instead.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 
-from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute  # noqa: E402
-from pipelines.tokenize import run as stage_run  # noqa: E402
+if __name__ == "tokenize":
+    import importlib
 
+    del sys.modules["tokenize"]
+    sys.modules["tokenize"] = importlib.import_module("tokenize")
+else:
+    from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
+    from pipelines.tokenize import run as stage_run
 
 def build_parser() -> JobArgumentParser:
     p = JobArgumentParser(prog="tokenize", description=__doc__.split("\n\n")[0])

@@ -36,6 +36,7 @@ class _Section(BaseModel):
 class SparkSettings(_Section):
     master: str = "local[*]"
     app_name: str = "pipelines"
+    log_level: Literal["ERROR", "WARN", "INFO", "DEBUG"] = "WARN"
     conf: dict[str, str] = Field(default_factory=dict)
 
 

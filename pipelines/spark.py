@@ -57,4 +57,7 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     builder = SparkSession.builder.appName(settings.app_name).master(settings.master)
     for key, value in {**settings.conf, **_REQUIRED_CONF}.items():
         builder = builder.config(key, str(value))
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    # Progress goes to stderr as our own lines; Spark's INFO chatter would bury them.
+    session.sparkContext.setLogLevel(settings.log_level)
+    return session

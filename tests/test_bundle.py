@@ -112,3 +112,12 @@ def test_wheel_contains_package_and_default_conf(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     for expected in ("pipelines/delta.py", "pipelines/conf/base.yaml", "pipelines/conf/local.yaml", "pipelines/conf/databricks.yaml"):
         assert expected in names, f"{expected} missing from {wheel.name}"
+
+
+@pytest.mark.parametrize("job", ["cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize", "pipeline"])
+def test_job_file_runs_as_a_script(job):
+    # As a script, jobs/ is first on sys.path: jobs/tokenize.py must not shadow the
+    # standard library's tokenize for its sibling jobs.
+    result = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "usage:" in result.stdout
