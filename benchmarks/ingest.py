@@ -2,9 +2,6 @@
 
     python -m benchmarks.ingest --rows 1000000 [--rows 10000000] [--data-dir benchmarks/data]
 
-(Run it as a module from the repository root: run as a script, benchmarks/ is first on
-sys.path and benchmarks/tokenize.py hides the standard library's tokenize.)
-
 For each size it writes one CSV file (about 70 bytes a row, so 10M rows is about 0.7 GB)
 and the same rows as one Parquet file, then times, in the same Spark session:
 

@@ -1,6 +1,6 @@
 """Tokenise / detokenise throughput against a plain Parquet read+write of the same data.
 
-    python benchmarks/tokenize.py --rows 2000000 [--columns 10] [--bins 256] [--work DIR] [--master local[2]]
+    python benchmarks/tokenize_job.py --rows 2000000 [--columns 10] [--bins 256] [--work DIR] [--master local[2]]
 
 Generates ``rows x columns`` doubles (+ ``_row_id``) as a Delta table, then in the same
 run measures, in values/s (rows x columns / seconds):
@@ -20,11 +20,9 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, this file's folder comes first on sys.path, and this file (tokenize.py)
-# would shadow the standard library's tokenize module that linecache and Spark import.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+# Run as a script, the repository root is not on sys.path; the benchmark imports nothing from it
+# but the installed package, so only make the checkout's copy win when run from a checkout.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
