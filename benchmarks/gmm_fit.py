@@ -27,7 +27,6 @@ import os
 import platform
 import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -36,33 +35,10 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
+
 COLUMNS = ("multimodal", "heavy")
 K = 10
-
-
-class PeakRSS:
-    """Samples the RSS of this process and of its children (the Spark JVM) in a thread."""
-
-    def __init__(self) -> None:
-        self.python = self.jvm = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            self.python = max(self.python, me.memory_info().rss)
-            jvm = sum(c.memory_info().rss for c in me.children(recursive=True) if "java" in c.name())
-            self.jvm = max(self.jvm, jvm)
-            time.sleep(0.2)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def generate(spark, path: str, rows: int, seed: int) -> None:

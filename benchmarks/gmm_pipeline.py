@@ -25,7 +25,6 @@ import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
 from pipelines import delta  # noqa: E402
 from pipelines.gmm import transform as stage  # noqa: E402
 from pipelines.gmm.model import ColumnModel, Mode  # noqa: E402
@@ -61,47 +61,6 @@ def write_bronze(path: str, rows: int, seed: int) -> None:
     chunk = min(CHUNK, max(1, -(-rows // 4)))
     for start in range(0, rows, chunk):
         delta.write_polars(generate_chunk(start, min(chunk, rows - start), seed), path, mode="append")
-
-
-class PeakRSS:
-    """Samples RSS of this process and of its children (the Spark JVM, Python workers)."""
-
-    def __init__(self, interval: float = 0.1) -> None:
-        self.me = psutil.Process()
-        self.interval = interval
-        self.driver = self.jvm = self.total = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                mine = self.me.memory_info().rss
-                jvm = total = 0
-                for child in self.me.children(recursive=True):
-                    try:
-                        rss = child.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    total += rss
-                    if "java" in child.name():
-                        jvm += rss
-                self.driver, self.jvm = max(self.driver, mine), max(self.jvm, jvm)
-                self.total = max(self.total, mine + total)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def mib(self) -> dict[str, int]:
-        return {"python_driver": self.driver >> 20, "spark_jvm": self.jvm >> 20, "process_tree": self.total >> 20}
 
 
 def peer_models(sample: pa.Table, *, max_clusters: int = 10) -> tuple[list[ColumnModel], dict, dict]:

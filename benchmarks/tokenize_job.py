@@ -20,49 +20,19 @@ from __future__ import annotations
 import os
 import sys
 
-# Run as a script, the repository root is not on sys.path; the benchmark imports nothing from it
-# but the installed package, so only make the checkout's copy win when run from a checkout.
+# Run as a script, the repository root is not on sys.path (for benchmarks.peak_rss).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
-import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
 
-
-class PeakRss:
-    """Samples the RSS of this process and of its direct children (the Spark driver JVM)."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.me = psutil.Process()
-        self.interval = interval
-        self.python = self.jvm = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.python = max(self.python, self.me.memory_info().rss)
-                for child in self.me.children():
-                    if "java" in child.name():
-                        self.jvm = max(self.jvm, child.memory_info().rss)
-            except psutil.Error:
-                pass
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+from benchmarks.peak_rss import PeakRSS  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -132,7 +102,7 @@ def main() -> None:
     files = len(delta._open(src).file_uris())
 
     results: dict[str, float] = {}
-    with PeakRss() as rss:
+    with PeakRSS() as rss:
         # Baselines: plain Parquet read + write of the same files, no Delta, no Python.
         # The first write also warms the JVM up (JIT), so it is not the one measured.
         src_df = delta.read_table(spark, src)
