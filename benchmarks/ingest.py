@@ -12,7 +12,7 @@ and the same rows as one Parquet file, then times, in the same Spark session:
 
 It prints one line per run (seconds, rows/s, ratio to the copy, peak RSS of the Python
 driver and of the JVM driver, sampled every 50 ms) and a Markdown table for
-``benchmarks/results/ingest.md``.
+``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
