@@ -2,8 +2,8 @@
 
 One Spark plan does the work. The source is read untyped (CSV/JSON as strings with
 Spark's corrupt-record column; Parquet/Delta as they are), every field is cast with Spark
-SQL ``try_cast`` and checked, and each row gets a ``_reason`` (null for a good row). Good
-rows go to bronze, the rest to quarantine. A Spark ``Observation`` on the same plan counts
+SQL ``try_cast`` and checked, and each row gets a boolean ``_failed``. Good rows go to
+bronze; the rest go to quarantine with a ``_reason`` built for them alone (:class:`Plan`). A Spark ``Observation`` on the same plan counts
 rows read, rows failed and the per-column special values during the bronze write, so clean
 data is read exactly once; the quarantine pass only runs when some row failed.
 
@@ -44,7 +44,7 @@ import math
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -362,6 +362,38 @@ def _bronze_types(spark: SparkSession, bronze: str) -> dict[str, T.DataType] | N
     return {f.name: f.dataType for f in fields if f.name not in N.METADATA_COLUMNS}
 
 
+@dataclass
+class Plan:
+    """Every source row with its typed values, failure flag and ids, and how to view it.
+
+    ``rows`` keeps the raw fields and their casts; :meth:`bronze` and :meth:`quarantine`
+    filter on the boolean ``_failed`` first and only then project. So clean rows never
+    evaluate the reason text (a large expression: as one projection per row it is too big
+    for the JIT to compile, and the read ran at a third of the speed), and the reason is
+    built for failing rows alone.
+    """
+
+    rows: DataFrame
+    values: list[Column]
+    reason: Column
+    raw_record: Column
+
+    def bronze(self) -> DataFrame:
+        return self.rows.where(~F.col("_failed")).select(
+            *self.values, N.ROW_ID, N.SOURCE_FILE, N.INGESTED_AT
+        )
+
+    def quarantine(self) -> DataFrame:
+        return self.rows.where(F.col("_failed")).select(
+            N.ROW_ID,
+            N.SOURCE_FILE,
+            self.reason.alias("_reason"),
+            # Valid UTF-8 (bad bytes as U+FFFD), so every reader of the quarantine can load it.
+            F.call_function("make_valid_utf8", self.raw_record).alias("_raw"),
+            N.INGESTED_AT,
+        )
+
+
 def _plan(
     raw: DataFrame,
     cols: Columns,
@@ -370,8 +402,8 @@ def _plan(
     *,
     first_ordinal: int,
     ingested_at: datetime,
-) -> DataFrame:
-    """Typed columns, ``_row_id``, ``_source_file``, ``_reason`` and ``_raw`` for every source row."""
+) -> Plan:
+    """Typed values, ``_failed``, ``_row_id``, ``_source_file`` for every source row (module docstring)."""
     text = s.format in ("csv", "json")
     # Each cast is computed once in its own projection: the checks below refer to it several times.
     casts = {
@@ -386,7 +418,7 @@ def _plan(
                          cast=F.col(typed[c]) if c in typed else None)
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
-    reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
+    failed, reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
     ordinal = F.col("_ordinal")
     index = (ordinal - first_ordinal + 1).cast("int")
     # Per-file constants by ordinal (constant arrays): no string work per row.
@@ -402,17 +434,18 @@ def _plan(
         position, id_ok = F.col("_row_index"), F.lit(True)
         raw_record = F.to_json(F.struct(*cols.safe))
     row_id = F.shiftleft(ordinal, ROW_BITS) + position
-    return raw.select(
-        *[checks[c].value.alias(c) for c in cols.safe],
+    rows = raw.select(
+        "*",
         row_id.alias(N.ROW_ID),
         source_file.alias(N.SOURCE_FILE),
         F.lit(ingested_at.isoformat()).cast("timestamp").alias(N.INGESTED_AT),
-        reason.alias("_reason"),
-        # Valid UTF-8 (bad bytes as U+FFFD), so every reader of the quarantine can load it.
-        F.call_function("make_valid_utf8", raw_record).alias("_raw"),
+        # Never null (a null flag would put the row in neither table): SQL's three-valued
+        # logic makes e.g. `abs(null) = inf AND ...` null for a blank value.
+        F.coalesce(failed, F.lit(False)).alias("_failed"),
         id_ok.alias("_id_ok"),
-        *[F.col(c).alias(f"_source_{i}") for i, c in enumerate(cols.safe) if _counts_empty(cols, c)],
     )
+    values = [checks[c].value.alias(c) for c in cols.safe]
+    return Plan(rows=rows, values=values, reason=reason, raw_record=raw_record)
 
 
 def _file_ordinal(files: list[src.SourceFile], first_ordinal: int) -> Column:
@@ -440,7 +473,8 @@ def _counts_empty(cols: Columns, c: str) -> bool:
     return isinstance(read, T.StringType) and not isinstance(cols.target[c], T.StringType)
 
 
-def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
+def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> tuple[Column, Column]:
+    """Whether some field of a row failed (cheap booleans), and the text naming each failing field."""
     undecodable: dict[str, Column] = {}
     if s.format in ("csv", "json") and s.encoding.upper().replace("-", "") == "UTF8":
         # Spark decodes invalid UTF-8 to U+FFFD; finding it is how undecodable bytes are caught.
@@ -456,16 +490,14 @@ def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: Ingest
         for c in cols.safe
     ]
     flags = [undecodable[c] | checks[c].failed if c in undecodable else checks[c].failed for c in cols.safe]
-    if not flags:
-        return F.lit(None).cast("string")
-    # Good rows only evaluate the boolean flags; the reason text is built for failing rows alone.
-    any_failed = flags[0]
-    for flag in flags[1:]:
+    any_failed = F.lit(False)
+    for flag in flags:
         any_failed = any_failed | flag
-    return F.when(any_failed, F.concat_ws("; ", *problems))
+    return any_failed, F.concat_ws("; ", *problems)
 
 
-def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> Column:
+def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings) -> tuple[Column, Column]:
+    """CSV / JSON: ``(failed, reason)`` with the record-level problems before the field ones."""
     corrupt = F.col(src.CORRUPT)
     if s.format == "csv":
         delimiter = cols.delimiter
@@ -477,10 +509,13 @@ def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings
     else:
         bad_record = F.lit("malformed JSON record (not one JSON object per line)")
     undecodable = F.when(_undecodable(corrupt, s.format), F.lit(f"undecodable bytes (not valid {s.encoding})"))
+    field_failed, field_reason = _field_problems(cols, checks, s)
+    failed = corrupt.isNotNull()
     reason = F.when(corrupt.isNotNull(), F.concat_ws("; ", bad_record, undecodable))
     if s.format == "csv" and s.header:
+        failed = failed | _repeated_header(cols)
         reason = reason.when(_repeated_header(cols), F.lit("repeated header row"))
-    return reason.otherwise(_field_problems(cols, checks, s))
+    return failed | field_failed, reason.otherwise(field_reason)
 
 
 def _undecodable(text: Column, fmt: str) -> Column:
@@ -503,7 +538,7 @@ def _java_regex_literal(text: str) -> str:
 
 def _observed_metrics(cols: Columns) -> list[Column]:
     """The counts taken while the source is read: kept few, since each one is evaluated per row."""
-    good = F.col("_reason").isNull()
+    good = ~F.col("_failed")
     metrics = [
         F.count(F.lit(1)).alias("rows_read"),
         F.count_if(~good).alias("rows_bad"),
@@ -512,7 +547,7 @@ def _observed_metrics(cols: Columns) -> list[Column]:
     for i, c in enumerate(cols.safe):
         if _counts_empty(cols, c):
             # A good row whose typed value is null but whose source text was not: the text was blank.
-            blank = good & F.col(c).isNull() & F.col(f"_source_{i}").isNotNull()
+            blank = good & F.col(f"_typed_{i}").isNull() & F.col(c).isNotNull()
             metrics.append(F.count_if(blank).alias(f"{c}\x00empty"))
     return metrics
 
@@ -550,7 +585,7 @@ def _special_values(
 
 
 def _write(
-    plan: DataFrame,
+    plan: Plan,
     cols: Columns,
     s: IngestSettings,
     files: list[src.SourceFile],
@@ -563,9 +598,8 @@ def _write(
     splits = sum(max(1, math.ceil(f.size / SPLIT_BYTES)) for f in files)
     n_files = max(1, math.ceil(input_bytes / (s.target_file_mb * 1024 * 1024)))
     observation = Observation("ingest")
-    observed = plan.observe(observation, *_observed_metrics(cols))
-    bronze_cols = [*cols.safe, N.ROW_ID, N.SOURCE_FILE, N.INGESTED_AT]
-    good = _sized(observed.where(F.col("_reason").isNull()).select(*bronze_cols), n_files, splits)
+    observed = replace(plan, rows=plan.rows.observe(observation, *_observed_metrics(cols)))
+    good = _sized(observed.bronze(), n_files, splits)
     props = _properties(cols, s, run)
     target_bytes = s.target_file_mb * 1024 * 1024
     with run.timed("write bronze"):
@@ -581,7 +615,7 @@ def _write(
     with run.timed("write quarantine"):
         if rows_bad:
             recheck = Observation("ingest_quarantine")
-            bad = plan.observe(recheck, F.count(F.lit(1)).alias("rows_read")).where(F.col("_reason").isNotNull())
+            bad = replace(plan, rows=plan.rows.observe(recheck, F.count(F.lit(1)).alias("rows_read"))).quarantine()
             n_bad_files = max(1, math.ceil(n_files * rows_bad / max(rows_read, 1)))
             quarantine = _sized(bad.select(*QUARANTINE_SCHEMA.names), n_bad_files, splits)
             quarantined = _write_counted(
@@ -596,7 +630,7 @@ def _write(
     run.counts.update(rows_read=rows_read, rows_written=written, rows_quarantined=quarantined, output_files_target=n_files)
     run.outputs.update(bronze=out["bronze"], quarantine=out["quarantine"], ingested_files=out["_ingested_files"])
     with run.timed("special values"):
-        run.details["special_values"] = _special_values(plan.sparkSession, out["bronze"], cols, metrics, first_ordinal)
+        run.details["special_values"] = _special_values(plan.rows.sparkSession, out["bronze"], cols, metrics, first_ordinal)
     if rows_read != written + quarantined or written != rows_read - rows_bad:
         run.status = "failed"
         run.error = (
