@@ -8,11 +8,13 @@ Two backends, chosen per Spark session:
 ``delta-rs``
     Everywhere else (these machines cannot download the Delta jars). Spark *reads* a
     table through its active file list (never the folder, which also holds removed
-    and orphaned files). Spark *writes* through a Python data source: every task
-    streams its Arrow batches into Parquet files under the table root and returns
-    their add actions; the driver then makes ONE atomic commit with delta-rs. A
-    killed writer leaves only unreferenced files, so readers keep seeing the previous
-    version. Nothing is collected to the driver but the list of written files.
+    and orphaned files). Spark *writes* unpartitioned tables with its own Parquet
+    writer into a fresh ``w-<uuid>/`` folder under the table root, and partitioned
+    ones through a Python data source whose tasks stream their Arrow batches into
+    Parquet files and return their add actions; either way the driver then makes ONE
+    atomic commit with delta-rs. A killed writer leaves only unreferenced files, so
+    readers keep seeing the previous version. Nothing is collected to the driver but
+    the list of written files (and their footers).
 
 Polars reads with ``scan_delta`` and writes through the same file writer and commit
 as Spark (:func:`write_arrow_batches`), so every writer produces the same layout:
@@ -558,10 +560,12 @@ def write_table(
 
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    _register_sink(spark)
     schema = to_arrow_schema(
         df.schema, timezone=spark.conf.get("spark.sql.session.timeZone") or "UTC", prefers_large_types=False
     )
+    if not partition_by:
+        return _write_spark_parquet(df, path, delta_schema(schema), mode=mode, properties=properties)
+    _register_sink(spark)
     options = {
         "path": _uri(path),
         "schema": delta_schema(schema).serialize().to_pybytes().hex(),
@@ -578,6 +582,75 @@ def write_table(
     # "append" at the DataFrameWriter level: the sink's commit decides what is replaced.
     df.write.format(_SINK_NAME).options(**options).mode("append").save()
     return _open(path).version()
+
+
+def _write_spark_parquet(
+    df: DataFrame, path: str, schema: pa.Schema, *, mode: Mode, properties: Mapping[str, str] | None
+) -> int:
+    """Unpartitioned writes: Spark's own Parquet writer, then one delta-rs commit of its files.
+
+    The files go to a fresh folder under the table root (``w-<uuid>/``; Spark's commit
+    protocol stages them in ``_temporary`` and moves them there only if every task
+    succeeded). Their footers give the add actions' row and null counts; then one atomic
+    commit. Until that commit no reader sees them; on any failure the folder is deleted.
+    Rows stay in the JVM end to end, which is 2-3x faster than streaming them to Python
+    workers (the data source sink, still used for partitioned writes).
+    """
+    root = _uri(path)
+    folder = f"w-{uuid.uuid4().hex}"
+    target = f"{root.rstrip('/')}/{folder}"
+    try:
+        df.write.mode("errorifexists").parquet(target)
+        files = _footers(target, folder)
+    except BaseException:
+        _delete_tree(target)
+        raise
+    try:
+        return _commit(root, files, schema, mode=mode, partition_by=[], replace_where=None, properties=properties)
+    except BaseException:
+        _delete_tree(target)
+        raise
+
+
+def _footers(target: str, folder: str) -> list[WrittenFile]:
+    """The add actions of the Parquet files Spark wrote under ``target`` (footers only, read in parallel)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow.fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(target if fs.is_remote(target) else f"file://{target}")
+    infos = [i for i in filesystem.get_file_info(pafs.FileSelector(base)) if i.base_name.endswith(".parquet")]
+
+    def one(info) -> WrittenFile:
+        meta = pq.read_metadata(info.path, filesystem=filesystem)
+        nulls: dict[str, int] = {}
+        for rg in range(meta.num_row_groups):
+            group = meta.row_group(rg)
+            for ci in range(group.num_columns):
+                col = group.column(ci)
+                if col.statistics is not None and col.statistics.has_null_count and "." not in col.path_in_schema:
+                    nulls[col.path_in_schema] = nulls.get(col.path_in_schema, 0) + col.statistics.null_count
+        return WrittenFile(
+            path=f"{folder}/{info.base_name}",
+            size=info.size,
+            partition_values={},
+            num_records=meta.num_rows,
+            null_counts=nulls,
+            modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else int(time.time() * 1000),
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return sorted(pool.map(one, infos), key=lambda f: f.path)
+
+
+def _delete_tree(target: str) -> None:
+    import pyarrow.fs as pafs
+
+    filesystem, base = pafs.FileSystem.from_uri(target if fs.is_remote(target) else f"file://{target}")
+    try:
+        filesystem.delete_dir(base)
+    except (FileNotFoundError, OSError):
+        pass
 
 
 def _write_native(df, path, *, mode, partition_by, replace_where, properties) -> int:
