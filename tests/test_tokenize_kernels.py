@@ -31,6 +31,39 @@ def test_tokens_equal_numpy_searchsorted_on_every_row(rng):
     assert (tok.out_of_range != 0).sum() > 0
 
 
+def test_kernel_expression_equals_numpy_reference_on_every_row(rng):
+    """The kernel's Polars expression (search_sorted) against numpy, with every special value."""
+    x = np.concatenate([rng.normal(size=5000), rng.standard_t(2, size=5000) * 10])
+    edges = np.quantile(x[:3000], np.linspace(0, 1, 65))
+    x[::97] = np.nan
+    x[5::101] = np.inf
+    x[7::103] = -np.inf
+    x[:9] = edges[:9]  # exactly on edges
+    null = np.zeros(x.size, dtype=bool)
+    null[3::89] = True
+    frame = pl.DataFrame({
+        "_row_id": np.arange(x.size),
+        "x": pl.Series(x).set(pl.Series(null), None),
+        "k": np.full(x.size, 4.0),  # constant column: edges [4, 4], one bin
+        "i": rng.integers(-50, 50, size=x.size),  # integer column
+    })
+    cols = [K.ColumnBins("x", edges), K.ColumnBins("k", np.array([4.0, 4.0])),
+            K.ColumnBins("i", np.array([-10.0, 0.0, 10.0]))]
+    got = K.tokenize_kernel(cols, dtype=pl.Int16)(frame)
+    assert got.columns == ["_row_id", "x", "k", "i"] and got.schema["x"] == pl.Int16
+    ref = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, 63)
+    ref[np.isnan(x)] = 64 + K.NAN_OFFSET
+    ref[x == np.inf] = 64 + K.POS_INF_OFFSET
+    ref[x == -np.inf] = 64 + K.NEG_INF_OFFSET
+    ref[null] = 64 + K.NULL_OFFSET
+    np.testing.assert_array_equal(got["x"].to_numpy(), ref)
+    assert (got["k"] == 0).all()
+    i = frame["i"].to_numpy()
+    np.testing.assert_array_equal(got["i"].to_numpy(), np.clip(np.searchsorted([-10.0, 0.0, 10.0], i, side="right") - 1, 0, 1))
+    for c in cols:  # and the numpy path used by the fit statistics gives the same tokens
+        np.testing.assert_array_equal(got[c.column].to_numpy(), K.tokenize_values(frame[c.column], c).tokens)
+
+
 def test_edge_values_follow_side_right():
     edges = np.array([0.0, 1.0, 2.0, 3.0])
     x = np.array([-1.0, 0.0, 0.5, 1.0, 2.0, 2.999, 3.0, 4.0])
