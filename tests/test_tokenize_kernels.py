@@ -199,6 +199,34 @@ def test_kernels_are_row_local_whatever_the_batches(rng):
     assert back(whole).equals(pl.concat([back(whole.slice(o, 99)) for o in range(0, 1000, 99)]))
 
 
+def test_partial_sums_do_not_depend_on_batching(rng):
+    """fit_partial_kernel: counts and fixed-point sums are exact whatever the batches."""
+    x = rng.normal(size=3000)
+    x[::31] = np.nan
+    x[5::37] = 9.0  # above the last edge: out of range
+    frame = _frame(x=x, y=np.round(rng.normal(size=3000), 1))
+    cols = [K.ColumnBins("x", np.linspace(-2, 2, 17)), K.ColumnBins("y", np.array([-1.0, 0.0, 0.5, 1.0]))]
+    kernel = K.fit_partial_kernel(cols)
+
+    def total(parts):
+        keys = ["col", "token", "oor"]
+        return pl.concat(parts).group_by(keys).agg(pl.col("n", "fixed").sum()).sort(keys)
+
+    whole = total([kernel(frame)])
+    assert whole.equals(total([kernel(frame.slice(o, 113)) for o in range(0, 3000, 113)]))
+    # against the per-row statistics, summed directly
+    rows = K.fit_stats_kernel(cols)(frame)
+    t, o, d = rows["_t0"].to_numpy(), rows["_o0"].to_numpy(), rows["_d0"].to_numpy()
+    got = whole.filter(pl.col("col") == 0)
+    for r in got.iter_rows(named=True):
+        sel = (t == r["token"]) & (o == r["oor"])
+        assert r["n"] == sel.sum()
+        if r["oor"] == 0 and r["token"] < cols[0].n_bins:
+            assert r["fixed"] == int(np.rint(d[sel] * K.OFFSET_SCALE).astype(np.int64).sum())
+    assert got.filter(pl.col("oor") == 1)["n"].sum() == (x > 2.0).sum() >= (x == 9.0).sum()
+    assert got.filter(pl.col("token") == cols[0].n_bins + K.NAN_OFFSET)["n"].sum() == np.isnan(x).sum()
+
+
 def test_invalid_edges_are_rejected():
     with pytest.raises(ValueError, match="strictly increasing"):
         K.ColumnBins("x", np.array([0.0, 1.0, 1.0]))

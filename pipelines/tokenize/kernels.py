@@ -369,6 +369,51 @@ def fit_stats_kernel(columns: Sequence[ColumnBins]) -> Kernel:
     return kernel
 
 
+PARTIAL_SCHEMA = {
+    "col": pl.Int32, "token": pl.Int32, "oor": pl.Int8, "n": pl.Int64, "fixed": pl.Int64, "s": pl.Float64, "ss": pl.Float64,
+}
+
+
+def fit_partial_kernel(columns: Sequence[ColumnBins]) -> Kernel:
+    """Kernel: :func:`fit_stats_kernel` aggregated within the batch, one row per (column, token, flag).
+
+    Columns (:data:`PARTIAL_SCHEMA`): ``col`` (position in ``columns``), ``token``,
+    ``oor``; ``n`` values, ``fixed`` the exact fixed-point sum of the in-range offsets
+    (``round(d * OFFSET_SCALE)`` as 64-bit integers), ``s`` and ``ss`` the sums of ``d``
+    and ``d^2``. A batch of any size becomes at most ``columns x (bins + 4) x 3`` rows,
+    so only these partial sums leave the Python worker; adding them up over batches
+    gives the same ``n`` and ``fixed`` whatever the batching.
+    """
+    columns = list(columns)
+    stats = fit_stats_kernel(columns)
+
+    def kernel(df: pl.DataFrame) -> pl.DataFrame:
+        per_row = stats(df)
+        long = pl.concat([
+            per_row.select(
+                pl.lit(i, pl.Int32).alias("col"),
+                pl.col(f"_t{i}").alias("token"),
+                pl.col(f"_o{i}").alias("oor"),
+                pl.col(f"_d{i}").alias("d"),
+            )
+            for i in range(len(columns))
+        ])
+        d = pl.col("d")
+        return (
+            long.group_by("col", "token", "oor")
+            .agg(
+                pl.len().cast(pl.Int64).alias("n"),
+                pl.when(pl.col("oor") == 0).then((d * OFFSET_SCALE).round(0).cast(pl.Int64)).sum().alias("fixed"),
+                d.sum().alias("s"),
+                (d * d).sum().alias("ss"),
+            )
+            .cast(PARTIAL_SCHEMA)
+            .select(list(PARTIAL_SCHEMA))
+        )
+
+    return kernel
+
+
 def bin_units(bins: ColumnBins) -> np.ndarray:
     """The unit of the fit offsets per bin: its width, or 1 for a zero-width bin."""
     width = np.diff(bins.edges)

@@ -230,25 +230,22 @@ def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str,
         NaN, -inf, +inf); ``below`` and ``above`` (out-of-range counts, shape (1,)).
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import ByteType, DoubleType, IntegerType, StructField, StructType
+    from pyspark.sql.types import ByteType, DoubleType, IntegerType, LongType, StructField, StructType
 
-    fields = []
-    for i in range(len(bins)):
-        fields += [StructField(f"_t{i}", IntegerType()), StructField(f"_o{i}", ByteType()), StructField(f"_d{i}", DoubleType())]
-    stats = spark_map(df.select(*[_quoted(b.column) for b in bins]), K.fit_stats_kernel(bins), StructType(fields))
-    stacked = ", ".join(f"{i}, _t{i}, _o{i}, _d{i}" for i in range(len(bins)))
-    long = stats.selectExpr(f"stack({len(bins)}, {stacked}) AS (col, token, oor, diff)")
+    schema = StructType([
+        StructField("col", IntegerType()), StructField("token", IntegerType()), StructField("oor", ByteType()),
+        StructField("n", LongType()), StructField("fixed", LongType()),
+        StructField("s", DoubleType()), StructField("ss", DoubleType()),
+    ])
+    # Each Arrow batch is reduced to its per-(column, token, flag) sums in the Python
+    # worker (fit_partial_kernel); Spark adds those up. In-range offsets are summed
+    # exactly in fixed point (64-bit integer sums do not depend on the order of the rows,
+    # so neither do the bin means); the unbounded offsets of out-of-range values
+    # (uniform method) as doubles.
+    partial = spark_map(df.select(*[_quoted(b.column) for b in bins]), K.fit_partial_kernel(bins), schema)
     rows = (
-        long.groupBy("col", "token", "oor")
-        .agg(
-            F.count(F.lit(1)).alias("n"),
-            # In-range offsets are summed exactly in fixed point (64-bit integer sums do
-            # not depend on the order of the rows, so neither do the bin means); the
-            # unbounded offsets of out-of-range values (uniform method) as doubles.
-            F.sum(F.when(F.col("oor") == 0, F.rint(F.col("diff") * K.OFFSET_SCALE).cast("long"))).alias("fixed"),
-            F.sum("diff").alias("s"),
-            F.sum(F.col("diff") * F.col("diff")).alias("ss"),
-        )
+        partial.groupBy("col", "token", "oor")
+        .agg(*[F.sum(c).alias(c) for c in ("n", "fixed", "s", "ss")])
         .collect()  # at most columns x (bins + 4) x 3 rows
     )
     out = {
