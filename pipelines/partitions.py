@@ -78,6 +78,49 @@ def _source_batches(source: str, columns: Sequence[str] | None, batch_rows: int)
     )
 
 
+def _ahead(items: Iterator[pa.Table], *, depth: int) -> Iterator[pa.Table]:
+    """Iterate ``items`` in a background thread, at most ``depth`` items ahead of the consumer.
+
+    An exception in the producer is raised in the consumer; if the consumer stops early
+    (an error while writing), the producer is told to stop and is not waited on beyond
+    its current item.
+    """
+    import queue
+    import threading
+
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        buffer.put((item, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            buffer.put((done, None))
+        except BaseException as exc:  # handed to the consumer
+            buffer.put((done, exc))
+
+    thread = threading.Thread(target=produce, name="polars_map-kernel", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, exc = buffer.get()
+            if item is done:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+
+
 def polars_map(
     source_path: str,
     kernel: Kernel,
@@ -123,7 +166,9 @@ def polars_map(
                 written += table.num_rows
                 yield table
 
-    stream = outputs()
+    # The kernel runs one batch ahead of the writer, in a thread: Polars and the Parquet
+    # encoder both release the GIL, so computing batch i+1 overlaps writing batch i.
+    stream = _ahead(outputs(), depth=2)
     first = next(stream, None)
     if first is None and schema is None:
         raise ValueError(f"{source_path}: source is empty and no output schema was given")
