@@ -489,7 +489,14 @@ def _field_problems(cols: Columns, checks: Mapping[str, S.FieldCheck], s: Ingest
         if c in undecodable else checks[c].problem
         for c in cols.safe
     ]
-    flags = [undecodable[c] | checks[c].failed if c in undecodable else checks[c].failed for c in cols.safe]
+    # The flag needs the U+FFFD search only for string columns: a replacement character
+    # never parses as a number, date or boolean, so there the failed cast already flags
+    # the row (and the reason, built for failing rows only, still says "undecodable").
+    flags = [
+        undecodable[c] | checks[c].failed if c in undecodable and isinstance(cols.target[c], T.StringType)
+        else checks[c].failed
+        for c in cols.safe
+    ]
     any_failed = F.lit(False)
     for flag in flags:
         any_failed = any_failed | flag
