@@ -599,12 +599,22 @@ def _write_spark_parquet(
     root = _uri(path)
     folder = f"w-{uuid.uuid4().hex}"
     target = f"{root.rstrip('/')}/{folder}"
+    spark = df.sparkSession
+    key = "spark.sql.parquet.outputTimestampType"
+    saved = spark.conf.get(key, None)
     try:
+        # Delta stores timestamps as INT64 microseconds; Spark's default would be INT96.
+        spark.conf.set(key, "TIMESTAMP_MICROS")
         df.write.mode("errorifexists").parquet(target)
         files = _footers(target, folder)
     except BaseException:
         _delete_tree(target)
         raise
+    finally:
+        if saved is None:
+            spark.conf.unset(key)
+        elif saved != "TIMESTAMP_MICROS":
+            spark.conf.set(key, saved)
     try:
         return _commit(root, files, schema, mode=mode, partition_by=[], replace_where=None, properties=properties)
     except BaseException:

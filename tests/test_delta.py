@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 import datetime as dt
 import os
 import signal
@@ -66,6 +67,31 @@ def test_spark_to_delta_to_polars_round_trip(spark, sdf, tmp_path):
     assert pl.read_delta(path).height == 5
     # A partition value like "../x" is escaped into one folder inside the table.
     assert all(Path(p).resolve().is_relative_to(Path(path).resolve()) for p in deltalake.DeltaTable(path).file_uris())
+
+
+def test_unpartitioned_spark_write_round_trip_and_int64_timestamps(spark, sdf, tmp_path):
+    """Unpartitioned writes go through Spark's Parquet writer; a session set to INT96 does not leak into Delta."""
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "t")
+    key = "spark.sql.parquet.outputTimestampType"
+    spark.conf.set(key, "INT96")
+    try:
+        assert delta.write_table(sdf, path, mode="overwrite") == 0
+        assert spark.conf.get(key) == "INT96", "the session setting is restored"
+    finally:
+        spark.conf.set(key, "TIMESTAMP_MICROS")
+    files = deltalake.DeltaTable(path).file_uris()
+    assert files and all("/w-" in f for f in files)
+    for f in files:
+        column = pq.ParquetFile(f.removeprefix("file://")).schema.column(4)
+        assert column.name == "ts" and column.physical_type == "INT64"
+    back = _spark_from_polars(spark, delta.scan_table(path).collect(), SCHEMA)
+    assert_df_equality(back, sdf, ignore_row_order=True, ignore_nullable=True, allow_nan_equality=True)
+    assert_df_equality(delta.read_table(spark, path), sdf, ignore_row_order=True, ignore_nullable=True,
+                       allow_nan_equality=True)
+    actions = pa.table(deltalake.DeltaTable(path).get_add_actions(flatten=True))
+    assert sum(actions.column("num_records").to_pylist()) == 5  # row counts from the footers
 
 
 def test_polars_to_delta_to_spark_round_trip(spark, sdf, tmp_path):
