@@ -142,6 +142,8 @@ def table_exists(path: str) -> bool:
     """True when ``path`` holds a Delta table (a ``_delta_log`` with at least one commit)."""
     from deltalake import DeltaTable
 
+    if not fs.is_remote(path) and os.path.isfile(fs.local_path(path)):
+        return False  # a plain file (delta-rs would fail walking "<file>/_delta_log")
     return DeltaTable.is_deltatable(_uri(path))
 
 

@@ -39,3 +39,14 @@ def test_a_kernel_error_propagates_and_nothing_is_committed(source, tmp_path):
         polars_map(source, kernel, out, batch_rows=1000)
     assert not delta.table_exists(out)
     assert not list((tmp_path / "out").rglob("*.parquet")), "files of the failed run were left behind"
+
+
+def test_a_single_parquet_file_is_a_source(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "one.parquet"
+    pq.write_table(pa.table({"_row_id": list(range(100)), "x": [1.0] * 100}), path)
+    assert not delta.table_exists(str(path))
+    n = polars_map(str(path), lambda df: df, str(tmp_path / "out"), batch_rows=30)
+    assert n == 100 and pl.read_delta(str(tmp_path / "out")).height == 100
