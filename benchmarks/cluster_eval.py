@@ -129,9 +129,8 @@ def main() -> None:
     from pipelines.config import load_config
     from pipelines.spark import get_spark
 
-    settings = load_config(None).spark
-    settings.conf["spark.driver.memory"] = args.driver_memory
-    spark = get_spark(settings)
+    base = load_config(None).spark
+    spark = get_spark(base.model_copy(update={"conf": {**base.conf, "spark.driver.memory": args.driver_memory}}))
     ks = list(range(2, args.k_max + 1))
     print(f"# machine: {_machine()}; command: {' '.join(sys.argv)}", flush=True)
     results = []

@@ -66,23 +66,21 @@ def main() -> None:
     args = parser.parse_args()
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    from pyspark.sql import SparkSession
     from pyspark.sql import functions as F
 
     from pipelines import delta
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
-    spark = (
-        SparkSession.builder.master(args.master)
-        .appName("bench-tokenize")
-        .config("spark.driver.memory", args.driver_memory)
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.sql.shuffle.partitions", "8")
-        .config("spark.sql.session.timeZone", "UTC")
-        .getOrCreate()
-    )
+    # The session the jobs get locally (conf/local.yaml: Arrow batches of 100k rows, UTC,
+    # INT64 timestamps), with the benchmark's master and driver memory.
+    from pipelines.config import load_config
+    from pipelines.spark import get_spark
+
+    base = load_config(None).spark
+    settings = base.model_copy(update={"master": args.master,
+                                       "conf": {**base.conf, "spark.driver.memory": args.driver_memory}})
+    spark = get_spark(settings)
     spark.sparkContext.setLogLevel("ERROR")
     names = [f"c{i}" for i in range(args.columns)]
     values = args.rows * args.columns
