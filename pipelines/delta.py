@@ -595,8 +595,9 @@ def _write_spark_parquet(
     protocol stages them in ``_temporary`` and moves them there only if every task
     succeeded). Their footers give the add actions' row and null counts; then one atomic
     commit. Until that commit no reader sees them; on any failure the folder is deleted.
-    Rows stay in the JVM end to end, which is 2-3x faster than streaming them to Python
-    workers (the data source sink, still used for partitioned writes).
+    Rows stay in the JVM end to end instead of crossing to Python workers to be
+    written (the data source sink, still used for partitioned writes); see the ingest
+    and tokenize sections of benchmarks/RESULTS.md for what that saved.
     """
     root = _uri(path)
     folder = f"w-{uuid.uuid4().hex}"
