@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import polars as pl
 import pyarrow as pa
 
-from pipelines import delta, fs
+from pipelines import delta
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -121,54 +121,6 @@ def _ahead(items: Iterator[pa.Table], *, depth: int) -> Iterator[pa.Table]:
         stop.set()
 
 
-def expression_kernel(exprs: Sequence[pl.Expr]) -> Kernel:
-    """A kernel that is a list of Polars expressions (``df.select(*exprs)``).
-
-    :func:`polars_map` runs such a kernel in Polars' streaming engine end to end; Spark
-    and the batch path call it like any other kernel.
-    """
-    exprs = list(exprs)
-
-    def kernel(df: pl.DataFrame) -> pl.DataFrame:
-        return df.select(exprs)
-
-    kernel.exprs = exprs  # type: ignore[attr-defined]
-    return kernel
-
-
-def _polars_stream(source: str, exprs: Sequence[pl.Expr], out_path: str, *, mode: delta.Mode,
-                   columns: Sequence[str] | None) -> int:
-    """Delta table -> ``select(exprs)`` -> one Delta commit, all in Polars' streaming engine.
-
-    Polars scans, computes and encodes in parallel with bounded memory; the output goes
-    to one Parquet file in a fresh ``w-<uuid>/`` folder of the output table, whose footer
-    becomes the add action of one atomic delta-rs commit (the folder is deleted if
-    anything fails, so nothing partial is ever visible).
-    """
-    import os
-    import uuid
-
-    frame = delta.scan_table(source)
-    if columns:
-        frame = frame.select(list(columns))
-    out = frame.select(list(exprs))
-    arrow_schema = delta.delta_schema(pl.DataFrame(schema=out.collect_schema()).to_arrow(
-        compat_level=pl.CompatLevel.oldest()).schema)
-    root = delta._uri(out_path)
-    folder = f"w-{uuid.uuid4().hex}"
-    target = f"{root.rstrip('/')}/{folder}"
-    try:
-        if not fs.is_remote(target):
-            os.makedirs(fs.local_path(target), exist_ok=True)
-        out.sink_parquet(f"{target}/part-00000.parquet", compression="snappy", maintain_order=True)
-        files = delta._footers(target, folder)
-        delta._commit(root, files, arrow_schema, mode=mode, partition_by=[], replace_where=None, properties=None)
-    except BaseException:
-        delta._delete_tree(target)
-        raise
-    return sum(f.num_records for f in files)
-
-
 def polars_map(
     source_path: str,
     kernel: Kernel,
@@ -204,9 +156,6 @@ def polars_map(
     int
         Rows written.
     """
-    exprs = getattr(kernel, "exprs", None)
-    if exprs is not None and not partition_by and delta.table_exists(source_path):
-        return _polars_stream(source_path, exprs, out_path, mode=mode, columns=columns)
     written = 0
 
     def outputs() -> Iterator[pa.Table]:

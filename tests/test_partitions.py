@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 import pytest
 
@@ -52,26 +50,3 @@ def test_a_single_parquet_file_is_a_source(tmp_path):
     assert not delta.table_exists(str(path))
     n = polars_map(str(path), lambda df: df, str(tmp_path / "out"), batch_rows=30)
     assert n == 100 and pl.read_delta(str(tmp_path / "out")).height == 100
-
-
-def test_expression_kernel_streams_and_equals_the_batch_path(source, tmp_path):
-    from pipelines.partitions import expression_kernel
-
-    kernel = expression_kernel([pl.col("_row_id"), (pl.col("x") * 3).alias("y")])
-    streamed, batched = str(tmp_path / "streamed"), str(tmp_path / "batched")
-    assert polars_map(source, kernel, streamed) == 10_000
-    assert polars_map(source, lambda df: kernel(df), batched, batch_rows=999) == 10_000  # no .exprs: batch path
-    a, b = pl.read_delta(streamed), pl.read_delta(batched)
-    assert a.equals(b) and a["_row_id"].to_list() == list(range(10_000))
-    assert [Path(f).parent.name[:2] for f in delta._open(streamed).file_uris()] == ["w-"]
-
-
-def test_a_failing_streamed_expression_commits_nothing(source, tmp_path):
-    from pipelines.partitions import expression_kernel
-
-    out = tmp_path / "out"
-    kernel = expression_kernel([pl.col("_row_id"), pl.col("x").cast(pl.Int8, strict=True).alias("y")])  # overflows
-    with pytest.raises(Exception):
-        polars_map(source, kernel, str(out))
-    assert not delta.table_exists(str(out))
-    assert not list(out.rglob("*.parquet")), "files of the failed run were left behind"

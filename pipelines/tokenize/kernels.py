@@ -307,17 +307,14 @@ def tokenize_kernel(columns: Sequence[ColumnBins], *, dtype: pl.DataType) -> Ker
         if c.n_bins + len(RESERVED) - 1 > limit:
             raise ValueError(f"column {c.column!r}: {c.n_bins} bins do not fit tokens of dtype {dtype}")
 
-    from pipelines.partitions import expression_kernel
-
-    # One Polars select: the columns are tokenised in parallel on Polars' thread pool
-    # (2x the per-column numpy loop on 2 cores), and polars_map can stream it end to end.
-    select = expression_kernel([pl.col(ROW_ID), *[tokens_expr(c).cast(dtype).alias(c.column) for c in columns]])
+    exprs = [tokens_expr(c).cast(dtype).alias(c.column) for c in columns]
 
     def kernel(df: pl.DataFrame) -> pl.DataFrame:
         _check_columns(df, columns)
-        return select(df)
+        # One Polars select: the columns are tokenised in parallel on Polars' thread pool
+        # (2x the per-column numpy loop on 2 cores, and more with more cores).
+        return df.select(pl.col(ROW_ID), *exprs)
 
-    kernel.exprs = select.exprs  # type: ignore[attr-defined]
     return kernel
 
 
