@@ -191,6 +191,25 @@ def test_fit_mixture_checks_its_inputs():
         fit_mixture([1.0, 2.0], [1, 0], n_components=1)
     with pytest.raises(ValueError, match="mode must be"):
         fit_mixture([1.0, 2.0], n_components=1, mode="map")
+    with pytest.raises(ValueError, match="init must be"):
+        fit_mixture([1.0, 2.0], n_components=1, init="grid")
+
+
+def test_random_from_data_restarts_never_lose_and_recover_parameters():
+    """n_init alternates k-means and random-from-data starts; the best lower bound wins."""
+    rng = np.random.default_rng(5)
+    weights, means, stds = np.array([0.5, 0.3, 0.2]), np.array([-10.0, 0.0, 15.0]), np.array([1.0, 2.0, 0.5])
+    comp = rng.choice(3, size=100_000, p=weights)
+    summary = _summary(rng.normal(means[comp], stds[comp]), max_bins=1000)
+    fit = fit_mixture(summary.values, summary.counts, summary.variances, n_components=3, init="random", seed=3)
+    order = np.argsort(fit.means)
+    np.testing.assert_allclose(fit.weights[order], weights, atol=0.01)
+    np.testing.assert_allclose(fit.means[order], means, atol=0.05)
+    np.testing.assert_allclose(fit.stds[order], stds, rtol=0.03)
+    # with more components than modes the starts differ, and restarts can only raise the bound
+    one = fit_summary(_summary(_multimodal(200_000)), max_components=10, mode="mle", seed=1, n_init=1)
+    four = fit_summary(_summary(_multimodal(200_000)), max_components=10, mode="mle", seed=1, n_init=4)
+    assert four.lower_bound >= one.lower_bound
 
 
 # ----------------------------------------------------------------------------- modes and models

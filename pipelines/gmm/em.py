@@ -258,8 +258,9 @@ def fit_mixture(
     reg_covar: float = 1e-6,
     weight_concentration_prior: float = WEIGHT_CONCENTRATION_PRIOR,
     seed: int = 0,
+    init: Literal["kmeans", "random"] = "kmeans",
 ) -> Mixture:
-    """Fit a 1-D Gaussian mixture to weighted points by EM (k-means initialisation).
+    """Fit a 1-D Gaussian mixture to weighted points by EM (k-means or random initialisation).
 
     Parameters
     ----------
@@ -276,7 +277,14 @@ def fit_mixture(
     max_iter, tol, reg_covar, weight_concentration_prior
         As in scikit-learn.
     seed : int, default=0
-        Seed of the k-means++ initialisation.
+        Seed of the initialisation.
+    init : {"kmeans", "random"}, default="kmeans"
+        ``kmeans``: weighted k-means++ then Lloyd, as scikit-learn. ``random``: ``n_components``
+        distinct points drawn with probability proportional to their counts become the
+        centres (scikit-learn's ``random_from_data``; Spark ML also starts from sampled
+        points), each point starting in the component of its nearest centre. k-means
+        spreads centres over the range, so it tends to cut wide sparse modes into pieces;
+        a draw by mass puts them where the rows are. ``n_init`` restarts use both.
 
     Returns
     -------
@@ -290,7 +298,13 @@ def fit_mixture(
         raise ValueError(f"n_components must be in [1, {x.size}] (the number of points), got {n_components}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    labels, _ = weighted_kmeans(x, c, n_components, seed=seed)
+    if init == "kmeans":
+        labels, _ = weighted_kmeans(x, c, n_components, seed=seed)
+    elif init == "random":
+        picked = np.random.default_rng(seed).choice(x.size, size=n_components, replace=False, p=c / c.sum())
+        labels = _nearest(x, np.sort(x[picked]))
+    else:
+        raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     resp = np.zeros((x.size, n_components))
     resp[np.arange(x.size), labels] = 1.0
     model = _MLE(reg_covar) if mode == "mle" else _DirichletProcess(x, c, v, reg_covar, weight_concentration_prior)

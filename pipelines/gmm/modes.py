@@ -46,7 +46,9 @@ def fit_summary(
     seed : int
         Initialisation ``i`` of ``n_init`` uses ``seed + i``.
     n_init : int, default=1
-        EM runs from different k-means++ seeds; the best lower bound wins.
+        EM runs from different seeds, alternating k-means++ (even ``i``) and random-from-data
+        (odd ``i``) initialisations (:func:`~pipelines.gmm.em.fit_mixture`); the best lower
+        bound wins. ``n_init=1`` is the k-means start alone.
     max_iter : int, optional
         Default :data:`DEFAULT_MAX_ITER` of ``mode``.
 
@@ -74,6 +76,7 @@ def fit_summary(
         fit_mixture(
             summary.values, summary.counts, summary.variances,
             n_components=k, mode=mode, max_iter=max_iter, tol=DEFAULT_TOL[mode], seed=seed + i,
+            init="kmeans" if i % 2 == 0 else "random",
         )
         for i in range(n_init)
     ]
