@@ -286,13 +286,11 @@ class _FileWriter:
     """
 
     def __init__(self, root: str, schema: pa.Schema, partition_by: Sequence[str], target_file_bytes: int) -> None:
-        import pyarrow.fs as pafs
-
         self.root = root
         self.partition_by = list(partition_by)
         self.data_schema = pa.schema([f for f in schema if f.name not in self.partition_by])
         self.target = target_file_bytes
-        self.fs, self.base = pafs.FileSystem.from_uri(root if fs.is_remote(root) else f"file://{root}")
+        self.fs, self.base = _arrow_fs(root)
         self._open: dict[tuple, tuple[str, Any, Any, list[pa.RecordBatch], int, int]] = {}
         self.written: list[WrittenFile] = []
 
@@ -348,20 +346,13 @@ class _FileWriter:
         full = f"{self.base}/{rel}"
         info = self.fs.get_file_info(full)
         meta = pq.read_metadata(full, filesystem=self.fs)
-        nulls = {name: 0 for name in self.data_schema.names}
-        for rg in range(meta.num_row_groups):
-            group = meta.row_group(rg)
-            for ci in range(group.num_columns):
-                col = group.column(ci)
-                if col.statistics is not None and col.statistics.has_null_count and col.path_in_schema in nulls:
-                    nulls[col.path_in_schema] += col.statistics.null_count
         self.written.append(
             WrittenFile(
                 path=rel,
                 size=info.size,
                 partition_values={k: _partition_string(v) if not isinstance(v, str) else v for k, v in pvalues.items()},
                 num_records=meta.num_rows,
-                null_counts=nulls,
+                null_counts=_null_counts(meta),
                 modification_time=int(time.time() * 1000),
             )
         )
@@ -382,10 +373,38 @@ class _FileWriter:
         _delete_files(self.root, self.written)
 
 
-def _delete_files(root: str, files: Iterable[WrittenFile]) -> None:
+def _arrow_fs(uri: str):
+    """``(pyarrow filesystem, path in it)`` of a table root or folder (local paths as ``file://``)."""
     import pyarrow.fs as pafs
 
-    filesystem, base = pafs.FileSystem.from_uri(root if fs.is_remote(root) else f"file://{root}")
+    return pafs.FileSystem.from_uri(uri if fs.is_remote(uri) else f"file://{uri}")
+
+
+def _null_counts(meta) -> dict[str, int]:
+    """Null counts of the top-level columns whose every row group records one.
+
+    Nested leaves (``col.list.element``) say nothing about the column's own nulls, and a
+    column without the statistic gets no entry: a missing count is safe for a Delta
+    reader, a wrong one would make it skip files.
+    """
+    counts: dict[str, int] = {}
+    missing: set[str] = set()
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        for ci in range(group.num_columns):
+            col = group.column(ci)
+            if "." in col.path_in_schema:
+                continue
+            stats = col.statistics
+            if stats is None or not stats.has_null_count:
+                missing.add(col.path_in_schema)
+            else:
+                counts[col.path_in_schema] = counts.get(col.path_in_schema, 0) + stats.null_count
+    return {name: n for name, n in counts.items() if name not in missing}
+
+
+def _delete_files(root: str, files: Iterable[WrittenFile]) -> None:
+    filesystem, base = _arrow_fs(root)
     for f in files:
         try:
             filesystem.delete_file(f"{base}/{f.path}")
@@ -605,23 +624,23 @@ def _write_spark_parquet(
     spark = df.sparkSession
     key = "spark.sql.parquet.outputTimestampType"
     saved = spark.conf.get(key, None)
+    # Delta stores timestamps as INT64 microseconds; Spark's default would be INT96.
+    spark.conf.set(key, "TIMESTAMP_MICROS")
     try:
-        # Delta stores timestamps as INT64 microseconds; Spark's default would be INT96.
-        spark.conf.set(key, "TIMESTAMP_MICROS")
-        df.write.mode("errorifexists").parquet(target)
+        try:
+            df.write.mode("errorifexists").parquet(target)
+        finally:
+            if saved is None:
+                spark.conf.unset(key)
+            elif saved != "TIMESTAMP_MICROS":
+                spark.conf.set(key, saved)
         files = _footers(target, folder)
-    except BaseException:
-        _delete_tree(target)
-        raise
-    finally:
-        if saved is None:
-            spark.conf.unset(key)
-        elif saved != "TIMESTAMP_MICROS":
-            spark.conf.set(key, saved)
-    try:
         return _commit(root, files, schema, mode=mode, partition_by=[], replace_where=None, properties=properties)
     except BaseException:
-        _delete_tree(target)
+        # A commit that landed before a later step failed (e.g. the description update)
+        # references these files: they must stay.
+        if not (table_exists(root) and any(f"/{folder}/" in u for u in _open(root).file_uris())):
+            _delete_tree(target)
         raise
 
 
@@ -631,24 +650,17 @@ def _footers(target: str, folder: str) -> list[WrittenFile]:
 
     import pyarrow.fs as pafs
 
-    filesystem, base = pafs.FileSystem.from_uri(target if fs.is_remote(target) else f"file://{target}")
+    filesystem, base = _arrow_fs(target)
     infos = [i for i in filesystem.get_file_info(pafs.FileSelector(base)) if i.base_name.endswith(".parquet")]
 
     def one(info) -> WrittenFile:
         meta = pq.read_metadata(info.path, filesystem=filesystem)
-        nulls: dict[str, int] = {}
-        for rg in range(meta.num_row_groups):
-            group = meta.row_group(rg)
-            for ci in range(group.num_columns):
-                col = group.column(ci)
-                if col.statistics is not None and col.statistics.has_null_count and "." not in col.path_in_schema:
-                    nulls[col.path_in_schema] = nulls.get(col.path_in_schema, 0) + col.statistics.null_count
         return WrittenFile(
             path=f"{folder}/{info.base_name}",
             size=info.size,
             partition_values={},
             num_records=meta.num_rows,
-            null_counts=nulls,
+            null_counts=_null_counts(meta),
             modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else int(time.time() * 1000),
         )
 
@@ -657,9 +669,7 @@ def _footers(target: str, folder: str) -> list[WrittenFile]:
 
 
 def _delete_tree(target: str) -> None:
-    import pyarrow.fs as pafs
-
-    filesystem, base = pafs.FileSystem.from_uri(target if fs.is_remote(target) else f"file://{target}")
+    filesystem, base = _arrow_fs(target)
     try:
         filesystem.delete_dir(base)
     except (FileNotFoundError, OSError):
