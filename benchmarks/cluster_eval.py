@@ -133,12 +133,12 @@ def main() -> None:
     spark = get_spark(base.model_copy(update={"conf": {**base.conf, "spark.driver.memory": args.driver_memory}}))
     ks = list(range(2, args.k_max + 1))
     print(f"# machine: {_machine()}; command: {' '.join(sys.argv)}", flush=True)
+    only = {int(rows): [int(k) for k in ks_text.split(",")] for rows, ks_text in (i.split(":", 1) for i in args.spark_ks)}
     results = []
     for rows in args.rows:
         path = Path(args.data) / f"blobs_{rows}"
         generate(spark, rows, path)
-        only = dict(item.split(":", 1) for item in args.spark_ks)
-        spark_ks = [int(k) for k in only[str(rows)].split(",")] if str(rows) in only else ks
+        spark_ks = only.get(rows, ks)
         results += spark_sweep(spark, path, spark_ks)
         if rows in args.sklearn_rows:
             results += sklearn_sweep(path, ks, args.sklearn_timeout)

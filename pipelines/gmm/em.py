@@ -302,7 +302,7 @@ def fit_mixture(
         labels, _ = weighted_kmeans(x, c, n_components, seed=seed)
     elif init == "random":
         picked = np.random.default_rng(seed).choice(x.size, size=n_components, replace=False, p=c / c.sum())
-        labels = _nearest(x, np.sort(x[picked]))
+        labels = _nearest(x, x[picked])
     else:
         raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
     resp = np.zeros((x.size, n_components))

@@ -520,8 +520,9 @@ def _reason(cols: Columns, checks: Mapping[str, S.FieldCheck], s: IngestSettings
     failed = corrupt.isNotNull()
     reason = F.when(corrupt.isNotNull(), F.concat_ws("; ", bad_record, undecodable))
     if s.format == "csv" and s.header:
-        failed = failed | _repeated_header(cols)
-        reason = reason.when(_repeated_header(cols), F.lit("repeated header row"))
+        header = _repeated_header(cols)
+        failed = failed | header
+        reason = reason.when(header, F.lit("repeated header row"))
     return failed | field_failed, reason.otherwise(field_reason)
 
 

@@ -258,22 +258,12 @@ def tokenize_values(values: pl.Series, bins: ColumnBins) -> Tokenized:
     -------
     Tokenized
     """
-    n = bins.n_bins
+    # The token rule lives in one place, tokens_expr (what the tokenising kernel runs).
+    tokens = values.to_frame(bins.column).select(tokens_expr(bins)).to_series().to_numpy()
     x = values.cast(pl.Float64).to_numpy()
-    # searchsorted against the inner edges equals clip(searchsorted(edges) - 1, 0, n - 1)
-    # and is one comparison level cheaper.
-    tokens = np.searchsorted(bins.edges[1:-1], x, side="right").astype(np.int64)
     out_of_range = (x > bins.edges[-1]).astype(np.int8) - (x < bins.edges[0]).astype(np.int8)
-    finite = np.isfinite(x)
-    if not finite.all():
-        tokens[np.isnan(x)] = n + NAN_OFFSET
-        tokens[x == -np.inf] = n + NEG_INF_OFFSET
-        tokens[x == np.inf] = n + POS_INF_OFFSET
-        if values.null_count():
-            null = values.is_null().to_numpy()
-            tokens[null] = n + NULL_OFFSET
-            finite &= ~null
-        out_of_range[~finite] = 0
+    finite = tokens < bins.n_bins
+    out_of_range[~finite] = 0
     return Tokenized(tokens=tokens, out_of_range=out_of_range, finite=finite)
 
 
