@@ -97,8 +97,8 @@ class GmmFitSettings(_Section):
     seed: int = 42
     only: list[str] | None = None
     bins: int = Field(4096, ge=16)  # most summary points per column (EM runs on these)
-    max_iter: int | None = Field(None, ge=1)  # None: 300 for mle, 2000 for bayesian
-    n_init: int = Field(1, ge=1)  # EM restarts on the summary; the best lower bound wins
+    max_iter: int | None = Field(None, ge=1)  # None: 5000 for mle, 2000 for bayesian
+    n_init: int = Field(3, ge=1)  # EM starts on the summary (k-means++, random, sampled); the best wins
     refine_iterations: int = Field(0, ge=0)  # full-data EM passes after the summary fit
 
 

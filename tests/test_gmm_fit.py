@@ -197,7 +197,7 @@ def test_spark_ml_backend_and_full_data_refinement(spark, tmp_path, capsys):
                        stds=np.array([m.std for m in g]))
 
     ll = {name: log_likelihood(x, mix(f["amount"])).mean() for name, f in fits.items()}
-    assert ll["summary"] >= ll["spark-ml"] - 0.01
+    assert ll["summary"] >= ll["spark-ml"]  # at least as good as Spark ML
     assert ll["refined"] >= ll["summary"] - 1e-3  # full-data EM steps do not lose likelihood
     # the distributed evaluation pass agrees with numpy on the same rows
     dist = mean_log_likelihood(df, {"amount": mix(fits["summary"]["amount"])})

@@ -10,7 +10,8 @@ to the within-bin shape.
 Two modes, both following scikit-learn (1-D, ``covariance_type="full"``):
 
 - ``mle``: :class:`sklearn.mixture.GaussianMixture` (k-means init, ``tol=1e-3`` on the
-  mean log-likelihood, ``reg_covar=1e-6``);
+  mean log-likelihood, ``reg_covar=1e-6``; the job's defaults are tighter, see
+  :mod:`pipelines.gmm.modes`);
 - ``bayesian``: :class:`sklearn.mixture.BayesianGaussianMixture` with a Dirichlet-process
   weight prior (``weight_concentration_prior=1e-3``, as RDT's ClusterBasedNormalizer), whose
   unneeded components shrink towards zero weight.
@@ -30,6 +31,7 @@ import numpy as np
 from scipy.special import betaln, digamma, gammaln, xlogy
 
 _LOG_2PI = float(np.log(2 * np.pi))
+SAMPLE_POINTS = 5  # points per component of the ``sample`` start (Spark ML's numSamples)
 _EPS10 = 10 * np.finfo(np.float64).eps  # scikit-learn adds this to every component's count
 WEIGHT_CONCENTRATION_PRIOR = 1e-3  # RDT's ClusterBasedNormalizer
 
@@ -246,6 +248,25 @@ class _DirichletProcess:
         return w / w.sum(), self.means, np.sqrt(self.covs)
 
 
+def _start(x, c, v, k: int, *, init: str, seed: int, reg_covar: float) -> np.ndarray:
+    """Initial responsibilities, shape (n, k), of the ``init`` start (see :func:`fit_mixture`)."""
+    rng = np.random.default_rng(seed)
+    if init == "sample":
+        drawn = x[rng.choice(x.size, size=(k, SAMPLE_POINTS), p=c / c.sum())]
+        var = drawn.var(axis=1) + reg_covar
+        start = LogDensity(a=-np.log(k) - 0.5 * (_LOG_2PI + np.log(var)), m=drawn.mean(axis=1), p=1.0 / var)
+        return e_step(x, v, start)[1]
+    if init == "kmeans":
+        labels, _ = weighted_kmeans(x, c, k, seed=seed)
+    elif init == "random":
+        labels = _nearest(x, x[rng.choice(x.size, size=k, replace=False, p=c / c.sum())])
+    else:
+        raise ValueError(f"init must be 'kmeans', 'random' or 'sample', got {init!r}")
+    resp = np.zeros((x.size, k))
+    resp[np.arange(x.size), labels] = 1.0
+    return resp
+
+
 def fit_mixture(
     x: np.ndarray,
     counts: np.ndarray | None = None,
@@ -258,9 +279,9 @@ def fit_mixture(
     reg_covar: float = 1e-6,
     weight_concentration_prior: float = WEIGHT_CONCENTRATION_PRIOR,
     seed: int = 0,
-    init: Literal["kmeans", "random"] = "kmeans",
+    init: Literal["kmeans", "random", "sample"] = "kmeans",
 ) -> Mixture:
-    """Fit a 1-D Gaussian mixture to weighted points by EM (k-means or random initialisation).
+    """Fit a 1-D Gaussian mixture to weighted points by EM (k-means, random or sampled start).
 
     Parameters
     ----------
@@ -278,13 +299,15 @@ def fit_mixture(
         As in scikit-learn.
     seed : int, default=0
         Seed of the initialisation.
-    init : {"kmeans", "random"}, default="kmeans"
+    init : {"kmeans", "random", "sample"}, default="kmeans"
         ``kmeans``: weighted k-means++ then Lloyd, as scikit-learn. ``random``: ``n_components``
         distinct points drawn with probability proportional to their counts become the
-        centres (scikit-learn's ``random_from_data``; Spark ML also starts from sampled
-        points), each point starting in the component of its nearest centre. k-means
-        spreads centres over the range, so it tends to cut wide sparse modes into pieces;
-        a draw by mass puts them where the rows are. ``n_init`` restarts use both.
+        centres (scikit-learn's ``random_from_data``), each point starting in the component
+        of its nearest centre. ``sample``: Spark ML's start: each component is the Gaussian
+        of :data:`SAMPLE_POINTS` points drawn with replacement by mass (their mean and
+        biased variance), weights equal, and EM starts with a soft E-step from them.
+        k-means spreads centres over the range, so it tends to cut wide sparse modes into
+        pieces; draws by mass put them where the rows are. ``n_init`` restarts use all three.
 
     Returns
     -------
@@ -298,15 +321,7 @@ def fit_mixture(
         raise ValueError(f"n_components must be in [1, {x.size}] (the number of points), got {n_components}")
     if max_iter < 1:
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    if init == "kmeans":
-        labels, _ = weighted_kmeans(x, c, n_components, seed=seed)
-    elif init == "random":
-        picked = np.random.default_rng(seed).choice(x.size, size=n_components, replace=False, p=c / c.sum())
-        labels = _nearest(x, x[picked])
-    else:
-        raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
-    resp = np.zeros((x.size, n_components))
-    resp[np.arange(x.size), labels] = 1.0
+    resp = _start(x, c, v, n_components, init=init, seed=seed, reg_covar=reg_covar)
     model = _MLE(reg_covar) if mode == "mle" else _DirichletProcess(x, c, v, reg_covar, weight_concentration_prior)
     model.m_step(estimate_stats(x, c, v, resp))
     lower_bound, converged, n_iter = -np.inf, False, 0

@@ -16,14 +16,19 @@ from pipelines.gmm.em import Mixture, fit_mixture, selection_frequencies
 from pipelines.gmm.model import ColumnModel, Mode, std_floor
 from pipelines.gmm.summary import ColumnSummary
 
-# On a summary an EM iteration costs about a millisecond whatever the row count, so both modes
-# run closer to convergence than scikit-learn's defaults (tol=1e-3, max_iter=100), which stop
-# EM after 5-10 iterations on multimodal columns. MLE: tol on the mean log-likelihood per
-# row. Bayesian: scikit-learn's tol on the (summed) lower bound, but far more iterations: the
-# Dirichlet-process fit needs them to empty the components it does not need (RDT #700: with
-# 100 it "almost always keeps every component").
-DEFAULT_MAX_ITER = {"mle": 300, "bayesian": 2000}
-DEFAULT_TOL = {"mle": 1e-6, "bayesian": 1e-3}
+# On a summary an EM iteration costs ~0.5 ms whatever the row count, so both modes run far
+# closer to convergence than scikit-learn's defaults (tol=1e-3, max_iter=100), which stop EM
+# after 5-10 iterations on multimodal columns. MLE: tol on the mean log-likelihood per row,
+# tight, because near a good optimum EM creeps (components sliding along a wide mode):
+# stopping at 1e-6 left 1M-row fits 1e-5..7e-3 nats/row short of where EM ends
+# (benchmarks/RESULTS.md, gmm_fit). (Spark ML stops at 0.01 on the *summed* log-likelihood,
+# 1e-8 a row at 1M rows, after at most 100 full passes.) Bayesian: scikit-learn's tol on the
+# lower bound, with many iterations: the Dirichlet-process fit needs them to empty the
+# components it does not need (RDT #700: with 100 it "almost always keeps every component").
+DEFAULT_MAX_ITER = {"mle": 5000, "bayesian": 2000}
+DEFAULT_TOL = {"mle": 1e-9, "bayesian": 1e-3}
+# Starts of the n_init restarts, in turn (see fit_mixture): k-means++, random-from-data, Spark ML's.
+INITS = ("kmeans", "random", "sample")
 
 
 def fit_summary(
@@ -46,9 +51,9 @@ def fit_summary(
     seed : int
         Initialisation ``i`` of ``n_init`` uses ``seed + i``.
     n_init : int, default=1
-        EM runs from different seeds, alternating k-means++ (even ``i``) and random-from-data
-        (odd ``i``) initialisations (:func:`~pipelines.gmm.em.fit_mixture`); the best lower
-        bound wins. ``n_init=1`` is the k-means start alone.
+        EM runs from different seeds, the starts taken in turn from :data:`INITS` (k-means++,
+        random-from-data, Spark ML's sampled Gaussians; :func:`~pipelines.gmm.em.fit_mixture`);
+        the best lower bound wins. ``n_init=1`` is the k-means start alone.
     max_iter : int, optional
         Default :data:`DEFAULT_MAX_ITER` of ``mode``.
 
@@ -76,7 +81,7 @@ def fit_summary(
         fit_mixture(
             summary.values, summary.counts, summary.variances,
             n_components=k, mode=mode, max_iter=max_iter, tol=DEFAULT_TOL[mode], seed=seed + i,
-            init="kmeans" if i % 2 == 0 else "random",
+            init=INITS[i % len(INITS)],
         )
         for i in range(n_init)
     ]
