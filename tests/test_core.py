@@ -114,7 +114,6 @@ def test_get_spark_reuses_active_session(spark):
 
 
 def _run_java_check(tmp_path, java_version: str | None):
-    import os
     import subprocess
 
     bin_dir = tmp_path / "bin"
