@@ -311,19 +311,79 @@ def tokenize_kernel(columns: Sequence[ColumnBins], *, dtype: pl.DataType) -> Ker
 def tokens_expr(bins: ColumnBins) -> pl.Expr:
     """The tokens of one column as a Polars expression; equal to :func:`tokenize_values`.
 
-    ``search_sorted(side="right")`` of the value in the inner edges is the bin
-    (module docstring); reserved tokens replace it for null, NaN and infinities.
+    ``searchsorted(inner edges, x, side="right")`` is the bin (module docstring), computed by
+    :func:`bin_lookup`; reserved tokens replace it for null, NaN and infinities.
     """
     n = bins.n_bins
     x = pl.col(bins.column).cast(pl.Float64)
-    inner = pl.lit(pl.Series("edges", bins.edges[1:-1], dtype=pl.Float64))
+    lookup = bin_lookup(bins.edges[1:-1])
+    bin_index = x.map_batches(lambda s: pl.Series(lookup(s.to_numpy()), dtype=pl.Int64), return_dtype=pl.Int64,
+                              is_elementwise=True)
     return (
         pl.when(x.is_null()).then(pl.lit(n + NULL_OFFSET, pl.Int64))
         .when(x.is_nan()).then(pl.lit(n + NAN_OFFSET, pl.Int64))
         .when(x == float("-inf")).then(pl.lit(n + NEG_INF_OFFSET, pl.Int64))
         .when(x == float("inf")).then(pl.lit(n + POS_INF_OFFSET, pl.Int64))
-        .otherwise(inner.search_sorted(x, side="right").cast(pl.Int64))
+        .otherwise(bin_index)
     )
+
+
+#: Guide-table cells per inner edge, and the most edges two neighbouring cells may hold
+#: before :func:`bin_lookup` falls back to a plain binary search.
+GUIDE_CELLS_PER_EDGE = 4
+GUIDE_MAX_STEPS = 16
+
+
+class bin_lookup:  # noqa: N801 (used like a function)
+    """``x -> numpy.searchsorted(inner, x, side="right")`` for float arrays, exactly, but faster.
+
+    A binary search over 255 edges costs ~40 ns a value. Here a uniform guide table over
+    ``[inner[0], inner[-1]]`` (:data:`GUIDE_CELLS_PER_EDGE` cells per edge) gives each value
+    a lower bound of its answer, from which it steps forward over the few edges of its cell;
+    a last check sends any value whose floating-point cell was off to the binary search, so
+    the result is the searchsorted one for every value. Quantile edges put few edges in a
+    cell; where two neighbouring cells hold more than :data:`GUIDE_MAX_STEPS` (edges
+    crowded by a far outlier range), or there are fewer than two distinct edges, the lookup
+    is the plain binary search (``guided`` is False). Non-finite values get an arbitrary
+    index (the token rule replaces them).
+    """
+
+    def __init__(self, inner: np.ndarray) -> None:
+        self.inner = np.ascontiguousarray(inner, dtype=np.float64)
+        m = self.inner.size
+        self.cells = GUIDE_CELLS_PER_EDGE * m
+        width = float(self.inner[-1] - self.inner[0]) if m else 0.0
+        self.scale = self.cells / width if m > 1 and width > 0 else 0.0
+        self.guided = bool(np.isfinite(self.scale) and self.scale > 0)
+        if self.guided:
+            starts = self.inner[0] + np.arange(self.cells + 1) / self.scale
+            below = np.searchsorted(self.inner, starts, side="left")  # edges < cell start
+            self.guided = bool(np.max(below[2:] - below[:-2], initial=0) <= GUIDE_MAX_STEPS)
+            # Lower bound for cell g: the edges below the start of cell g - 1 (right even
+            # when the computed cell of a value is one too high).
+            self.start = np.r_[0, below[:-1]].astype(np.int64)
+            self.right = np.r_[self.inner, np.inf]
+            self.left = np.r_[-np.inf, self.inner]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, dtype=np.float64)
+        if not self.guided:
+            return np.searchsorted(self.inner, x, side="right").astype(np.int64)
+        lo = self.inner[0]
+        x = np.where(np.isfinite(x), x, lo)
+        with np.errstate(over="ignore"):
+            cell = (x - lo) * self.scale
+        np.clip(cell, 0, self.cells, out=cell)
+        idx = self.start[cell.astype(np.intp)]
+        while True:
+            step = self.right[idx] <= x
+            if not step.any():
+                break
+            idx += step
+        off = self.left[idx] > x
+        if off.any():
+            idx[off] = np.searchsorted(self.inner, x[off], side="right")
+        return idx
 
 
 def fit_stats_kernel(columns: Sequence[ColumnBins]) -> Kernel:
