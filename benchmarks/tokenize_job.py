@@ -141,6 +141,12 @@ def main() -> None:
         results["tokenize_native_parquet"] = _timed(lambda: tokens.write.mode("overwrite").parquet(str(work / "tok_pq")))
         back = detokenize(delta.read_table(spark, str(work / "out_spark" / "tokens")), bins)
         results["detokenize_native_parquet"] = _timed(lambda: back.write.mode("overwrite").parquet(str(work / "detok_pq")))
+        # The Spark engine's floor: the same rows through mapInArrow and back untouched (no
+        # kernel), written as plain Parquet: what the JVM <-> Python Arrow round trip costs.
+        from pipelines.partitions import spark_map
+
+        identity = spark_map(src_df, lambda frame: frame, src_df.schema)
+        results["identity_native_parquet"] = _timed(lambda: identity.write.mode("overwrite").parquet(str(work / "id_pq")))
 
     rmse = {c: (v["rmse_mean"], v["rmse_centre"], v["effective_bins"]) for c, v in summaries["tok_spark"]["columns"].items()}
     base_spark, base_polars = values / results["parquet_spark"], values / results["parquet_polars"]
@@ -168,6 +174,7 @@ def main() -> None:
         ("detokenise pass, plain Parquet output instead of Delta", "spark", "detokenize_native_parquet", base_spark),
         ("detokenize job (+ token counts)", "spark", "detokenize_job_spark", base_spark),
         ("detokenize job (+ token counts)", "polars", "detokenize_job_polars", base_polars),
+        ("mapInArrow round trip, no kernel, plain Parquet output", "spark", "identity_native_parquet", base_spark),
     ]
     for label, engine, key, base in rows:
         rate = values / results[key]
