@@ -248,8 +248,12 @@ class _DirichletProcess:
         return w / w.sum(), self.means, np.sqrt(self.covs)
 
 
-def _start(x, c, v, k: int, *, init: str, seed: int, reg_covar: float) -> np.ndarray:
+def _start(x, c, v, k: int, *, init: str | Mixture, seed: int, reg_covar: float) -> np.ndarray:
     """Initial responsibilities, shape (n, k), of the ``init`` start (see :func:`fit_mixture`)."""
+    if isinstance(init, Mixture):
+        if init.weights.size != k:
+            raise ValueError(f"init mixture has {init.weights.size} components, n_components is {k}")
+        return e_step(x, v, density_of(init))[1]
     rng = np.random.default_rng(seed)
     if init == "sample":
         drawn = x[rng.choice(x.size, size=(k, SAMPLE_POINTS), p=c / c.sum())]
@@ -279,7 +283,7 @@ def fit_mixture(
     reg_covar: float = 1e-6,
     weight_concentration_prior: float = WEIGHT_CONCENTRATION_PRIOR,
     seed: int = 0,
-    init: Literal["kmeans", "random", "sample"] = "kmeans",
+    init: Literal["kmeans", "random", "sample"] | Mixture = "kmeans",
 ) -> Mixture:
     """Fit a 1-D Gaussian mixture to weighted points by EM (k-means, random or sampled start).
 
@@ -299,7 +303,7 @@ def fit_mixture(
         As in scikit-learn.
     seed : int, default=0
         Seed of the initialisation.
-    init : {"kmeans", "random", "sample"}, default="kmeans"
+    init : {"kmeans", "random", "sample"} or Mixture, default="kmeans"
         ``kmeans``: weighted k-means++ then Lloyd, as scikit-learn. ``random``: ``n_components``
         distinct points drawn with probability proportional to their counts become the
         centres (scikit-learn's ``random_from_data``), each point starting in the component
@@ -308,6 +312,7 @@ def fit_mixture(
         biased variance), weights equal, and EM starts with a soft E-step from them.
         k-means spreads centres over the range, so it tends to cut wide sparse modes into
         pieces; draws by mass put them where the rows are. ``n_init`` restarts use all three.
+        A :class:`Mixture` (of ``n_components``) continues EM from that fit.
 
     Returns
     -------
