@@ -48,7 +48,7 @@ def test_bin_lookup_equals_searchsorted_on_every_value(rng, shape):
     edges = np.unique(np.quantile(x, np.linspace(0, 1, 3 if shape == "two_edges" else 257)))
     inner = edges[1:-1]
     probe = np.r_[x, inner, np.nextafter(inner, -np.inf), np.nextafter(inner, np.inf), -1e308, 1e308, 0.0]
-    lookup = K.bin_lookup(inner)
+    lookup = K.BinLookup(inner)
     assert lookup.guided == (shape not in ("crowded", "two_edges"))
     np.testing.assert_array_equal(lookup(probe), np.searchsorted(inner, probe, side="right"))
 

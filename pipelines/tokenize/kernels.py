@@ -312,11 +312,11 @@ def tokens_expr(bins: ColumnBins) -> pl.Expr:
     """The tokens of one column as a Polars expression; equal to :func:`tokenize_values`.
 
     ``searchsorted(inner edges, x, side="right")`` is the bin (module docstring), computed by
-    :func:`bin_lookup`; reserved tokens replace it for null, NaN and infinities.
+    :class:`BinLookup`; reserved tokens replace it for null, NaN and infinities.
     """
     n = bins.n_bins
     x = pl.col(bins.column).cast(pl.Float64)
-    lookup = bin_lookup(bins.edges[1:-1])
+    lookup = BinLookup(bins.edges[1:-1])
     bin_index = x.map_batches(lambda s: pl.Series(lookup(s.to_numpy()), dtype=pl.Int64), return_dtype=pl.Int64,
                               is_elementwise=True)
     return (
@@ -329,12 +329,12 @@ def tokens_expr(bins: ColumnBins) -> pl.Expr:
 
 
 #: Guide-table cells per inner edge, and the most edges two neighbouring cells may hold
-#: before :func:`bin_lookup` falls back to a plain binary search.
+#: before :class:`BinLookup` falls back to a plain binary search.
 GUIDE_CELLS_PER_EDGE = 4
 GUIDE_MAX_STEPS = 16
 
 
-class bin_lookup:  # noqa: N801 (used like a function)
+class BinLookup:
     """``x -> numpy.searchsorted(inner, x, side="right")`` for float arrays, exactly, but faster.
 
     A binary search over 255 edges costs ~40 ns a value. Here a uniform guide table over
