@@ -9,6 +9,8 @@ and the same rows as one Parquet file, then times, in the same Spark session:
 - ``ingest``: ``jobs/ingest.py`` (types inferred from a sample, every field checked, row ids,
   counts, Delta commit), once with ``--no-multiline`` (the same CSV reader as the copy, split
   across tasks) and once with the default ``multiline`` (quoted newlines allowed; one task per file).
+- ``floor`` (``--floor``): the copy plus only what the issue requires on top of it, each in its
+  cheapest form: the three metadata columns and one special-value count pass (:func:`_floor`).
 
 It prints one line per run (seconds, rows/s, ratio to the copy, peak RSS of the Python
 driver and of the JVM driver, sampled every 50 ms) and a Markdown table for
