@@ -4,8 +4,8 @@ The data are read once (:func:`summarize`): every requested column becomes a bou
 weighted summary (:mod:`pipelines.gmm.summary`). EM then runs on the driver on those
 few thousand points per column (:mod:`pipelines.gmm.em`), columns in parallel on a thread
 per core; optional refinement iterations each make one more pass computing EM sufficient
-statistics per partition (:func:`full_data_stats`). ``backend="spark-ml"`` fits Spark ML's GaussianMixture per
-column instead, for comparison.
+statistics per partition (:func:`full_data_stats`). ``backend="spark-ml"`` fits Spark
+ML's GaussianMixture per column instead, for comparison.
 
 Artifacts under ``fit_dir``, Delta tables partitioned by ``column``:
 
