@@ -250,16 +250,15 @@ class _DirichletProcess:
 
 def _start(x, c, v, k: int, *, init: str | Mixture, seed: int, reg_covar: float) -> np.ndarray:
     """Initial responsibilities, shape (n, k), of the ``init`` start (see :func:`fit_mixture`)."""
-    if isinstance(init, Mixture):
+    rng = np.random.default_rng(seed)
+    if init == "sample":  # Spark ML's start: the Gaussians of a few drawn points, equal weights
+        drawn = x[rng.choice(x.size, size=(k, SAMPLE_POINTS), p=c / c.sum())]
+        init = Mixture(weights=np.full(k, 1.0 / k), means=drawn.mean(axis=1),
+                       stds=np.sqrt(drawn.var(axis=1) + reg_covar))
+    if isinstance(init, Mixture):  # soft start: one E-step from the Gaussians
         if init.weights.size != k:
             raise ValueError(f"init mixture has {init.weights.size} components, n_components is {k}")
         return e_step(x, v, density_of(init))[1]
-    rng = np.random.default_rng(seed)
-    if init == "sample":
-        drawn = x[rng.choice(x.size, size=(k, SAMPLE_POINTS), p=c / c.sum())]
-        var = drawn.var(axis=1) + reg_covar
-        start = LogDensity(a=-np.log(k) - 0.5 * (_LOG_2PI + np.log(var)), m=drawn.mean(axis=1), p=1.0 / var)
-        return e_step(x, v, start)[1]
     if init == "kmeans":
         labels, _ = weighted_kmeans(x, c, k, seed=seed)
     elif init == "random":
