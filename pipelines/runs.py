@@ -15,7 +15,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -144,31 +144,34 @@ def execute(
     (an absent flag) never does.
     """
     from pipelines.config import load_config
-    from pipelines.spark import get_spark
+    from pipelines.spark import describe, session
 
     args = parser.parse_args(argv)
     section = section or job
     flags = {k: v for k, v in vars(args).items() if k != "config"}
     run: Run | None = None
-    try:
-        cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
-        delta.set_backend(cfg.delta.backend)
-        settings = getattr(cfg, section)
-        run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
-        spark = get_spark(cfg.spark)
-        stage(spark, cfg, run)
-        run.status = "succeeded" if run.status == "running" else run.status
-        code = 0 if run.status == "succeeded" else 1
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if run is None:
-            return UserError.exit_code
-        run.status, run.error, code = "failed", str(exc), UserError.exit_code
-    except Exception as exc:  # a bug: keep the traceback, still record the run
-        traceback.print_exc()
-        if run is None:
-            return 1
-        run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
+    with ExitStack() as stack:
+        try:
+            cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
+            delta.set_backend(cfg.delta.backend)
+            settings = getattr(cfg, section)
+            run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
+            spark = stack.enter_context(session(cfg.spark))
+            # Recorded when the run ends, with the executors that really ran its tasks.
+            stack.callback(lambda: run.details.__setitem__("spark", describe(spark)))
+            stage(spark, cfg, run)
+            run.status = "succeeded" if run.status == "running" else run.status
+            code = 0 if run.status == "succeeded" else 1
+        except UserError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            if run is None:
+                return UserError.exit_code
+            run.status, run.error, code = "failed", str(exc), UserError.exit_code
+        except Exception as exc:  # a bug: keep the traceback, still record the run
+            traceback.print_exc()
+            if run is None:
+                return 1
+            run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
     data = run.write_summary()
     print(json.dumps(data, default=str), flush=True)
     return code

@@ -1,38 +1,73 @@
 """The SparkSession.
 
-:func:`get_spark` returns the active session when there is one (Databricks,
-``spark-submit``, a notebook) and only otherwise builds a local session from the
-``spark`` section of the config (``conf/local.yaml``). It never sets ``master`` on a
-session that already exists. No module here holds a session at import time.
+:func:`get_spark` returns the active session when there is one (Databricks, a
+notebook, Spark Connect). Otherwise it builds one, and who decides its settings
+depends on how the driver was started:
+
+- **under ``spark-submit``** (or with ``PYSPARK_SUBMIT_ARGS``), the JVM already carries
+  the submitted ``--master`` and ``--conf``: they win, and ``conf/local.yaml`` only fills
+  in keys that nobody set;
+- **as plain ``python``** (or from pytest with no session), the session is built from
+  the ``spark`` section of the config (``conf/local.yaml``: ``local[*]``, UI off, ...).
+
+Either way :data:`REQUIRED_CONF` is applied, because the project's outputs depend on it.
+No module here holds a session at import time.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from pipelines.config import SparkSettings
 
-# Settings every session built here gets, whatever the config says.
-_REQUIRED_CONF = {
-    # Delta and Databricks read INT96 poorly; write timestamps as plain microseconds.
+# Settings every session built here gets, whatever the config or spark-submit says:
+REQUIRED_CONF = {
+    # Delta and Databricks read INT96 poorly; Parquet files carry plain microseconds.
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # Timestamps (ingest's _ingested_at, time-travel, run records) mean the same on every machine.
     "spark.sql.session.timeZone": "UTC",
 }
 
 
+def submitted_conf() -> dict[str, str] | None:
+    """The conf that ``spark-submit`` (or ``PYSPARK_SUBMIT_ARGS``) gave this driver.
+
+    ``spark-submit`` starts the JVM before Python and hands it over through
+    ``PYSPARK_GATEWAY_PORT``; its ``--master`` and ``--conf`` are then the JVM's system
+    properties. Returns ``None`` for a plain ``python`` run, where nothing was submitted.
+    """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+        return None
+    from pyspark import SparkConf, SparkContext
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM (or starts one with the args)
+    return dict(SparkConf().getAll())
+
+
+def session_conf(settings: SparkSettings, submitted: dict[str, str] | None) -> dict[str, str]:
+    """The conf to build a session with: ``settings`` for every key not in ``submitted``, then
+    :data:`REQUIRED_CONF` over both."""
+    defaults = {"spark.master": settings.master, "spark.app.name": settings.app_name, **settings.conf}
+    conf = {key: str(value) for key, value in defaults.items() if key not in (submitted or {})}
+    return {**conf, **REQUIRED_CONF}
+
+
 def get_spark(settings: SparkSettings | None = None) -> SparkSession:
-    """Return the active SparkSession, or build a local one.
+    """Return the active SparkSession, or build one.
 
     Parameters
     ----------
     settings : SparkSettings, optional
-        The ``spark`` config section (master, app name, extra conf). Used only when no
-        session is active; defaults to the packaged ``conf/local.yaml``.
+        The ``spark`` config section (master, app name, extra conf). Defaults to the
+        packaged ``conf/local.yaml``. Under ``spark-submit`` it supplies only the keys
+        the submission did not set; an active session is returned as it is.
 
     Returns
     -------
@@ -54,10 +89,55 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
-    builder = SparkSession.builder.appName(settings.app_name).master(settings.master)
-    for key, value in {**settings.conf, **_REQUIRED_CONF}.items():
-        builder = builder.config(key, str(value))
+    builder = SparkSession.builder
+    for key, value in session_conf(settings, submitted_conf()).items():
+        builder = builder.config(key, value)
     session = builder.getOrCreate()
     # Progress goes to stderr as our own lines; Spark's INFO chatter would bury them.
     session.sparkContext.setLogLevel(settings.log_level)
     return session
+
+
+@contextmanager
+def session(settings: SparkSettings | None = None) -> Iterator[SparkSession]:
+    """:func:`get_spark` for one job: a session built here is stopped at the end.
+
+    Stopping lets a cluster manager (standalone, ``local-cluster``, YARN) release the
+    executors in order instead of seeing them die with the driver. A session that was
+    already active (Databricks, a notebook, the test suite) is left running.
+    """
+    from pyspark.sql import SparkSession
+
+    owned = SparkSession.getActiveSession() is None
+    spark = get_spark(settings)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
+
+
+def describe(spark: SparkSession) -> dict[str, Any]:
+    """Where a session runs: master, default parallelism and executors (for the run record).
+
+    ``executors`` counts executor processes other than the driver (0 in ``local`` mode,
+    where tasks run inside the driver's JVM); ``executor_tasks`` maps each one to the tasks
+    it has run. On Spark Connect only the master is visible to the client.
+    """
+    info: dict[str, Any] = {"master": spark.conf.get("spark.master", None)}
+    try:
+        sc = spark.sparkContext
+    except Exception:  # Spark Connect: no SparkContext on the client
+        return {**info, "connect": True}
+    info["default_parallelism"] = sc.defaultParallelism
+    info["shuffle_partitions"] = int(spark.conf.get("spark.sql.shuffle.partitions"))
+    try:  # the JVM's status store; shared-access Databricks clusters may refuse it
+        store = sc._jsc.sc().statusStore().executorList(True)
+        tasks = {}
+        for i in range(store.size()):
+            summary = store.apply(i)
+            if summary.id() != "driver":
+                tasks[summary.id()] = summary.totalTasks()
+    except Exception:
+        return info
+    return {**info, "executors": len(tasks), "executor_tasks": tasks}
