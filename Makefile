@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine with Python 3.11+ and Java 17+:
 #   make run    -> the main job (cluster_eval) on the built-in default dataset
-#   make test   -> the whole test suite
+#   make test   -> the whole test suite, one pytest process per tier (see TIERS below)
+# Both fetch Spark's Delta jars with the machine's Maven first (scripts/fetch_delta_jars.sh);
+# where Maven cannot reach them, they say so in one line and run on delta-rs.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +11,7 @@ PY     := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: run test lint java venv clean
+.PHONY: run test lint java venv jars clean
 
 java:
 	@scripts/check_java.sh
@@ -19,16 +21,28 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@scripts/check_java.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,dev,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,connect,dev,bench]'
 	@touch $@
 
 venv: $(VENV)/.installed
 
-run: java $(VENV)/.installed
-	$(VENV)/bin/spark-submit --driver-memory 4g jobs/cluster_eval.py $(ARGS)
+jars: $(VENV)/.installed
+	@PY=$(PY) scripts/fetch_delta_jars.sh
 
-test: java $(VENV)/.installed
+# spark-submit starts the JVM before Python, so the jars go on its command line
+# (pipelines.spark adds the Delta extension and catalog when it sees them there).
+DELTA_JARS = $(subst $(eval) ,$(comma),$(wildcard .jars/delta/*.jar))
+comma := ,
+
+run: java jars
+	$(VENV)/bin/spark-submit --driver-memory 4g $(if $(DELTA_JARS),--jars $(DELTA_JARS)) jobs/cluster_eval.py $(ARGS)
+
+# Test tiers, one pytest process each (one JVM cannot host a classic and a Connect
+# session). A tier is one line: its environment, then the tests it runs.
+test: java jars
 	$(PY) -m pytest $(PYTEST_ARGS)
+	PIPELINES_DELTA_JARS=none $(PY) -m pytest $(PYTEST_ARGS)
+	PIPELINES_SPARK_CONNECT=1 $(PY) -m pytest $(PYTEST_ARGS) tests/test_backends.py tests/test_delta.py tests/test_delta_engines.py
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pipelines jobs tests benchmarks notebooks

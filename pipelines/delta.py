@@ -30,12 +30,14 @@ table description as JSON (delta-rs rejects unknown ``configuration`` keys), or 
 
 from __future__ import annotations
 
+import datetime
 import json
+import math
 import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
@@ -63,20 +65,41 @@ _UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
 
 def set_backend(backend: str) -> None:
     """Force a backend (``native`` / ``delta-rs``) for this process; ``auto`` detects it."""
+    if backend not in ("auto", "native", "delta-rs"):
+        raise ValueError(f"Delta backend must be 'auto', 'native' or 'delta-rs', got {backend!r}")
     if backend == "auto":
         os.environ.pop(_BACKEND_ENV, None)
     else:
         os.environ[_BACKEND_ENV] = backend
 
 
+def forced_backend() -> str:
+    """The backend :func:`set_backend` (or ``$PIPELINES_DELTA_BACKEND``) forced, else ``auto``."""
+    return os.environ.get(_BACKEND_ENV) or "auto"
+
+
 def backend(spark: SparkSession) -> str:
-    """``native`` when Spark's Delta classes are on the classpath, else ``delta-rs``."""
+    """The forced backend (:func:`set_backend`), else ``native`` where Spark has Delta, else ``delta-rs``.
+
+    Spark has Delta on a Databricks runtime, in a session with Delta's SQL extension (what
+    :func:`pipelines.spark.get_spark` sets up when the jars were fetched), or, on the
+    classic API, when Delta's classes are on the driver's classpath. A Spark Connect
+    session whose conf cannot be read (Databricks serverless) is taken to be Databricks.
+    """
     forced = os.environ.get(_BACKEND_ENV)
     if forced:
         return forced
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is None:  # Spark Connect (Databricks serverless / shared clusters): Delta is native
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
         return "native"
+    try:
+        extensions = spark.conf.get("spark.sql.extensions", None) or ""
+    except Exception:  # a locked-down Connect server
+        return "native"
+    if "DeltaSparkSessionExtension" in extensions:
+        return "native"
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:  # Spark Connect without the extension: the server has no Delta we can rely on
+        return "delta-rs"
     try:
         jvm.java.lang.Class.forName("org.apache.spark.sql.delta.DeltaLog")
         return "native"
@@ -108,11 +131,21 @@ def _escape_partition_value(value: str) -> str:
 
 
 def _partition_string(value: Any) -> str | None:
-    """A partition value as the Delta protocol serialises it."""
+    """A partition value as the Delta protocol serialises it.
+
+    Timestamps with a zone are ISO 8601 in UTC (``2024-01-02T03:04:05.678901Z``), those
+    without one ``2024-01-02 03:04:05.678901``; dates ``2024-01-02``; booleans ``true``.
+    """
     if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is not None:
+            return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return value.strftime("%Y-%m-%d %H:%M:%S.%f")
+    if isinstance(value, datetime.date):
+        return value.isoformat()
     return str(value)
 
 
@@ -163,14 +196,21 @@ def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
 
 
 def table_properties(path: str) -> dict[str, str]:
-    """Custom properties set with ``write_*(properties=...)``."""
-    desc = _open(path).metadata().description
-    if not desc:
-        return {}
+    """Custom properties set with ``write_*(properties=...)``.
+
+    Both backends keep them in the table description as JSON. Properties set as table
+    ``configuration`` (``TBLPROPERTIES``) named ``pipelines.properties.<key>`` are read
+    too; the description wins where both name a key.
+    """
+    metadata = _open(path).metadata()
+    prefix = f"{_PROPERTIES_KEY}."
+    props = {k[len(prefix):]: v for k, v in (metadata.configuration or {}).items() if k.startswith(prefix)}
     try:
-        return dict(json.loads(desc).get(_PROPERTIES_KEY, {}))
+        described = json.loads(metadata.description or "{}").get(_PROPERTIES_KEY, {})
+        props.update(dict(described))
     except (ValueError, AttributeError):
-        return {}
+        pass
+    return props
 
 
 def _arrow_schema(dt) -> pa.Schema:
@@ -213,6 +253,7 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
             reader = reader.option("versionAsOf", version)
         return reader.load(path)
 
+    from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     dt = _open(path, version)
@@ -222,8 +263,42 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
     files = dt.file_uris()
     if not files:
         return spark.createDataFrame([], spark_schema)
-    df = spark.read.schema(spark_schema).option("basePath", _uri(path)).parquet(*files)
-    return df.select(*[f"`{name}`" for name in arrow_schema.names])
+    partition_by = list(dt.metadata().partition_columns)
+    columns = [f"`{name}`" for name in arrow_schema.names]
+    data_schema = from_arrow_schema(pa.schema([f for f in arrow_schema if f.name not in partition_by]))
+    # recursiveFileLookup: no partition values from folder names (they are escaped, and
+    # another writer may name folders differently); they come from the log.
+    reader = spark.read.schema(data_schema).option("recursiveFileLookup", "true")
+    if not partition_by:
+        return reader.parquet(*files).select(*columns)
+    return _union(
+        [
+            reader.parquet(*group).select(
+                "*", *[F.lit(v).cast(spark_schema[c].dataType).alias(c) for c, v in zip(partition_by, values, strict=True)]
+            ).select(*columns)
+            for values, group in _files_by_partition(dt, _uri(path), partition_by).items()
+        ]
+    )
+
+
+def _files_by_partition(dt, root: str, partition_by: Sequence[str]) -> dict[tuple, list[str]]:
+    """The snapshot's file URIs grouped by their log ``partitionValues`` (a tuple in ``partition_by`` order)."""
+    from urllib.parse import unquote
+
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pydict()
+    groups: dict[tuple, list[str]] = {}
+    for i, rel in enumerate(actions["path"]):
+        key = tuple(actions[f"partition.{c}"][i] for c in partition_by)
+        # The log's paths are URI-encoded and relative to the root (or absolute URIs).
+        groups.setdefault(key, []).append(rel if "://" in rel else f"{root}/{unquote(rel)}")
+    return groups
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
 
 
 def scan_table(path: str, *, version: int | None = None) -> pl.LazyFrame:
@@ -269,6 +344,19 @@ class WrittenFile:
     num_records: int
     null_counts: dict[str, int]
     modification_time: int
+    min_values: dict[str, Any] = field(default_factory=dict)
+    max_values: dict[str, Any] = field(default_factory=dict)
+
+    def stats(self) -> str:
+        """The add action's ``stats`` JSON."""
+        return json.dumps(
+            {
+                "numRecords": self.num_records,
+                "minValues": self.min_values,
+                "maxValues": self.max_values,
+                "nullCount": self.null_counts,
+            }
+        )
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__)
@@ -293,6 +381,8 @@ class _FileWriter:
         self.fs, self.base = _arrow_fs(root)
         self._open: dict[tuple, tuple[str, Any, Any, list[pa.RecordBatch], int, int]] = {}
         self.written: list[WrittenFile] = []
+        self._floats = [f.name for f in self.data_schema if pa.types.is_floating(f.type)]
+        self._nan: dict[str, set[str]] = {}  # file -> float columns that hold a NaN
 
     def write(self, batch: pa.RecordBatch | pa.Table) -> None:
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
@@ -323,6 +413,8 @@ class _FileWriter:
             writer = pq.ParquetWriter(stream, self.data_schema, compression="snappy")
             state = (rel, stream, writer, [], 0, 0)
         rel, stream, writer, buffered, nbytes, nrows = state
+        nan = self._nan.setdefault(rel, set())
+        nan.update(c for c in self._floats if c not in nan and pc.any(pc.is_nan(data.column(c))).as_py())
         buffered = [*buffered, *data.to_batches()]
         nbytes += data.nbytes
         nrows += data.num_rows
@@ -346,6 +438,7 @@ class _FileWriter:
         full = f"{self.base}/{rel}"
         info = self.fs.get_file_info(full)
         meta = pq.read_metadata(full, filesystem=self.fs)
+        mins, maxs = _min_max(meta, nan_free=set(self._floats) - self._nan.pop(rel, set()))
         self.written.append(
             WrittenFile(
                 path=rel,
@@ -354,6 +447,8 @@ class _FileWriter:
                 num_records=meta.num_rows,
                 null_counts=_null_counts(meta),
                 modification_time=int(time.time() * 1000),
+                min_values=mins,
+                max_values=maxs,
             )
         )
 
@@ -389,18 +484,92 @@ def _null_counts(meta) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     missing: set[str] = set()
+    for _, name, col in _top_level_chunks(meta):
+        stats = col.statistics
+        if stats is None or not stats.has_null_count:
+            missing.add(name)
+        else:
+            counts[name] = counts.get(name, 0) + stats.null_count
+    return {name: n for name, n in counts.items() if name not in missing}
+
+
+def _top_level_chunks(meta) -> Iterator[tuple[Any, str, Any]]:
+    """``(row group, column name, column chunk)`` of every top-level column in a Parquet footer."""
     for rg in range(meta.num_row_groups):
         group = meta.row_group(rg)
         for ci in range(group.num_columns):
             col = group.column(ci)
-            if "." in col.path_in_schema:
-                continue
-            stats = col.statistics
-            if stats is None or not stats.has_null_count:
-                missing.add(col.path_in_schema)
-            else:
-                counts[col.path_in_schema] = counts.get(col.path_in_schema, 0) + stats.null_count
-    return {name: n for name, n in counts.items() if name not in missing}
+            if "." not in col.path_in_schema:  # nested leaves (``col.list.element``)
+                yield group, col.path_in_schema, col
+
+
+# Delta's own writer keeps string stats to a 32-character prefix.
+_STATS_STRING_PREFIX = 32
+
+
+def _min_max(meta, *, nan_free: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``minValues`` / ``maxValues`` of the top-level columns, from the Parquet footer.
+
+    The types Delta collects stats for: integers, floats, dates, timestamps, strings
+    (not booleans or binary). A column gets bounds only when every row group that holds a
+    non-null value records them, so a bound can never exclude a row a reader looks for:
+    timestamps are widened to milliseconds (the precision Delta's stats keep), a long
+    string's max is left out, and a float column gets bounds only when it is in
+    ``nan_free`` (Parquet's float statistics ignore NaN, which Spark sorts above every
+    number).
+    """
+    lows: dict[str, Any] = {}
+    highs: dict[str, Any] = {}
+    unusable: set[str] = set()
+    for group, name, col in _top_level_chunks(meta):
+        stats = col.statistics
+        if name in unusable:
+            continue
+        if stats is None or col.physical_type in ("BOOLEAN", "FIXED_LEN_BYTE_ARRAY") or (
+            col.physical_type in ("FLOAT", "DOUBLE") and name not in nan_free
+        ):
+            unusable.add(name)
+            continue
+        if not stats.has_min_max:
+            if not stats.has_null_count or stats.null_count != group.num_rows:
+                unusable.add(name)  # values without bounds (an all-null group has none)
+            continue
+        if col.physical_type == "BYTE_ARRAY" and not isinstance(stats.min, str):
+            unusable.add(name)  # binary
+            continue
+        low, high = stats.min, stats.max
+        lows[name] = low if name not in lows else min(lows[name], low)
+        highs[name] = high if name not in highs else max(highs[name], high)
+    mins, maxs = {}, {}
+    for name in set(lows) - unusable:
+        low, high = _stats_value(lows[name], up=False), _stats_value(highs[name], up=True)
+        if low is not None:
+            mins[name] = low
+        if high is not None:
+            maxs[name] = high
+    return mins, maxs
+
+
+def _stats_value(value: Any, *, up: bool) -> Any:
+    """A footer bound as Delta's stats JSON holds it, rounded outwards; ``None`` if it has no safe form."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, datetime.datetime):
+        spill = value.microsecond % 1000
+        if spill:
+            value += datetime.timedelta(microseconds=1000 - spill) if up else -datetime.timedelta(microseconds=spill)
+        if value.tzinfo is not None:
+            return value.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
+    if isinstance(value, datetime.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        if len(value) <= _STATS_STRING_PREFIX:
+            return value
+        return None if up else value[:_STATS_STRING_PREFIX]
+    if isinstance(value, int):
+        return value
+    return None
 
 
 def _delete_files(root: str, files: Iterable[WrittenFile]) -> None:
@@ -444,13 +613,13 @@ def _commit(
             f.partition_values,
             f.modification_time,
             True,
-            json.dumps({"numRecords": f.num_records, "nullCount": f.null_counts}),
+            f.stats(),
         )
         for f in files
     ]
     delta_schema = Schema.from_arrow(schema)
     commit_props = CommitProperties(custom_metadata={"pipelines.writer": "pipelines.delta"})
-    description = json.dumps({_PROPERTIES_KEY: dict(properties)}) if properties else None
+    description = _description(properties) if properties else None
 
     if not DeltaTable.is_deltatable(root):
         try:
@@ -483,7 +652,7 @@ def _commit(
     )
     dt.update_incremental()
     if properties is not None and dict(properties) != table_properties(root):
-        dt.alter.set_table_description(description)  # a metadata-only commit
+        dt.alter.set_table_description(_description(properties))  # a metadata-only commit
         dt.update_incremental()
     return dt.version()
 
@@ -628,7 +797,9 @@ def _write_spark_parquet(
     spark.conf.set(key, "TIMESTAMP_MICROS")
     try:
         try:
-            df.write.mode("errorifexists").parquet(target)
+            # "error", not "errorifexists": the Spark Connect client accepts only the former.
+            # No _SUCCESS marker: the table's folders hold only the files its log names.
+            df.write.mode("error").option(_NO_SUCCESS_MARKER, "false").parquet(target)
         finally:
             if saved is None:
                 spark.conf.unset(key)
@@ -644,6 +815,9 @@ def _write_spark_parquet(
         raise
 
 
+_NO_SUCCESS_MARKER = "mapreduce.fileoutputcommitter.marksuccessfuljobs"
+
+
 def _footers(target: str, folder: str) -> list[WrittenFile]:
     """The add actions of the Parquet files Spark wrote under ``target`` (footers only, read in parallel)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -655,6 +829,7 @@ def _footers(target: str, folder: str) -> list[WrittenFile]:
 
     def one(info) -> WrittenFile:
         meta = pq.read_metadata(info.path, filesystem=filesystem)
+        mins, maxs = _min_max(meta, nan_free=set())  # Spark's writer does not say whether a float column holds NaN
         return WrittenFile(
             path=f"{folder}/{info.base_name}",
             size=info.size,
@@ -662,6 +837,8 @@ def _footers(target: str, folder: str) -> list[WrittenFile]:
             num_records=meta.num_rows,
             null_counts=_null_counts(meta),
             modification_time=int(info.mtime_ns // 1_000_000) if info.mtime_ns else int(time.time() * 1000),
+            min_values=mins,
+            max_values=maxs,
         )
 
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -676,6 +853,11 @@ def _delete_tree(target: str) -> None:
         pass
 
 
+def _description(properties: Mapping[str, str]) -> str:
+    """The table description that carries ``properties`` (on both backends)."""
+    return json.dumps({_PROPERTIES_KEY: dict(properties)})
+
+
 def _write_native(df, path, *, mode, partition_by, replace_where, properties) -> int:
     writer = df.write.format("delta").mode(mode)
     if partition_by:
@@ -686,10 +868,11 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
         writer = writer.option("overwriteSchema", "true")
     writer.save(path)
     spark = df.sparkSession
-    if properties:
-        props = ", ".join(f"'{_PROPERTIES_KEY}.{k}' = '{_sql_escape(v)}'" for k, v in properties.items())
-        spark.sql(f"ALTER TABLE delta.`{path}` SET TBLPROPERTIES ({props})")
-    return int(spark.sql(f"DESCRIBE HISTORY delta.`{path}` LIMIT 1").first()["version"])
+    table = "delta.`" + _uri(path).replace("`", "``") + "`"
+    if properties is not None and dict(properties) != table_properties(path):
+        # Delta's 'comment' property is the table description, where delta-rs keeps them too.
+        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('comment' = '{_sql_escape(_description(properties))}')")
+    return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"])
 
 
 def _sql_escape(value: Any) -> str:

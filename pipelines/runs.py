@@ -153,7 +153,9 @@ def execute(
     with ExitStack() as stack:
         try:
             cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
-            delta.set_backend(cfg.delta.backend)
+            if cfg.delta.backend != "auto":  # "auto" keeps a backend forced by the caller
+                stack.callback(delta.set_backend, delta.forced_backend())
+                delta.set_backend(cfg.delta.backend)
             settings = getattr(cfg, section)
             run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
             spark = stack.enter_context(session(cfg.spark))

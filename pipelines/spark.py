@@ -10,8 +10,10 @@ depends on how the driver was started:
 - **as plain ``python``** (or from pytest with no session), the session is built from
   the ``spark`` section of the config (``conf/local.yaml``: ``local[*]``, UI off, ...).
 
-Either way :data:`REQUIRED_CONF` is applied, because the project's outputs depend on it.
-No module here holds a session at import time.
+Either way :data:`REQUIRED_CONF` is applied, because the project's outputs depend on it,
+and where the Delta jars are present (``make`` fetches them into ``.jars/delta/``, see
+:func:`delta_conf`) the session gets Spark's native Delta. No module here holds a session
+at import time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,6 +37,40 @@ REQUIRED_CONF = {
     # Timestamps (ingest's _ingested_at, time-travel, run records) mean the same on every machine.
     "spark.sql.session.timeZone": "UTC",
 }
+
+# What turns a session with the Delta jars on its classpath into a native-Delta one.
+DELTA_EXTENSION_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+_DELTA_JARS_ENV = "PIPELINES_DELTA_JARS"
+
+
+def delta_jars() -> list[str]:
+    """The Delta jar files for local sessions, or ``[]`` when they were not fetched.
+
+    They live in ``$PIPELINES_DELTA_JARS`` if set, else in the checkout's ``.jars/delta/``
+    (``scripts/fetch_delta_jars.sh``, run by ``make run`` / ``make test``).
+    """
+    folder = Path(os.environ.get(_DELTA_JARS_ENV) or Path(__file__).resolve().parents[1] / ".jars" / "delta")
+    jars = sorted(str(p) for p in folder.glob("*.jar"))
+    return jars if any(Path(j).name.startswith("delta-spark_") for j in jars) else []
+
+
+def delta_conf(submitted: dict[str, str] | None) -> dict[str, str]:
+    """The conf that gives a new session Spark's native Delta, or ``{}`` where it cannot.
+
+    For a session started here: the fetched jars (:func:`delta_jars`, as ``spark.jars``
+    file paths, so nothing is resolved or downloaded at start-up) and
+    :data:`DELTA_EXTENSION_CONF`. Under ``spark-submit`` the JVM's classpath is fixed, so
+    only the extension and catalog, and only when the submission brought Delta
+    (``--jars`` or ``--packages``).
+    """
+    if submitted is None:
+        jars = delta_jars()
+        return {"spark.jars": ",".join(jars), **DELTA_EXTENSION_CONF} if jars else {}
+    brought = submitted.get("spark.jars", "") + "," + submitted.get("spark.jars.packages", "")
+    return dict(DELTA_EXTENSION_CONF) if ("delta-spark" in brought or "io.delta:" in brought) else {}
 
 
 def submitted_conf() -> dict[str, str] | None:
@@ -52,9 +89,14 @@ def submitted_conf() -> dict[str, str] | None:
 
 
 def session_conf(settings: SparkSettings, submitted: dict[str, str] | None) -> dict[str, str]:
-    """The conf to build a session with: ``settings`` for every key not in ``submitted``, then
-    :data:`REQUIRED_CONF` over both."""
-    defaults = {"spark.master": settings.master, "spark.app.name": settings.app_name, **settings.conf}
+    """The conf to build a session with: ``settings`` (and :func:`delta_conf`) for every key
+    not in ``submitted``, then :data:`REQUIRED_CONF` over both."""
+    defaults = {
+        "spark.master": settings.master,
+        "spark.app.name": settings.app_name,
+        **delta_conf(submitted),
+        **settings.conf,
+    }
     conf = {key: str(value) for key, value in defaults.items() if key not in (submitted or {})}
     return {**conf, **REQUIRED_CONF}
 
@@ -75,13 +117,16 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
     """
     from pyspark.sql import SparkSession
 
+    from pipelines.config import load_config
+
     active = SparkSession.getActiveSession()
     if active is not None:
+        server = _local_connect_server()
+        if server is not None:  # a local Connect server runs in this process: quiet it as we would ours
+            server.setLogLevel((settings or load_config(None).spark).log_level)
         return active
 
     if settings is None:
-        from pipelines.config import load_config
-
         settings = load_config(None).spark
 
     # Python workers must run this interpreter (the venv's), or they cannot import
@@ -94,8 +139,25 @@ def get_spark(settings: SparkSettings | None = None) -> SparkSession:
         builder = builder.config(key, value)
     session = builder.getOrCreate()
     # Progress goes to stderr as our own lines; Spark's INFO chatter would bury them.
-    session.sparkContext.setLogLevel(settings.log_level)
+    context = _local_connect_server() if is_connect(session) else session.sparkContext
+    if context is not None:
+        context.setLogLevel(settings.log_level)
     return session
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session (no SparkContext or JVM on the client)."""
+    return getattr(spark, "_jvm", None) is None
+
+
+def _local_connect_server():
+    """The SparkContext behind a local Spark Connect session (``remote("local[2]")`` runs its
+    server inside this process), else ``None``."""
+    from pyspark import SparkContext
+
+    if os.environ.get("SPARK_LOCAL_REMOTE") != "1":
+        return None
+    return SparkContext._active_spark_context
 
 
 @contextmanager
