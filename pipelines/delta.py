@@ -3,12 +3,14 @@
 Two backends, chosen per Spark session:
 
 ``native``
-    Spark's own Delta (Databricks, or ``spark-submit`` with the Delta jars on the
-    classpath): ``format("delta")``, ``replaceWhere``, ``DESCRIBE HISTORY``.
+    Spark's own Delta (Databricks, or a local session with the Delta jars fetched by
+    ``make``), also over Spark Connect: ``format("delta")``, ``replaceWhere``,
+    ``DESCRIBE HISTORY``.
 ``delta-rs``
-    Everywhere else (these machines cannot download the Delta jars). Spark *reads* a
-    table through its active file list (never the folder, which also holds removed
-    and orphaned files). Spark *writes* unpartitioned tables with its own Parquet
+    Everywhere else (a local session without the Delta jars, see
+    :func:`pipelines.spark.delta_jars`). Spark *reads* a table through its active file
+    list (never the folder, which also holds removed and orphaned files), with partition
+    values from the log. Spark *writes* unpartitioned tables with its own Parquet
     writer into a fresh ``w-<uuid>/`` folder under the table root, and partitioned
     ones through a Python data source whose tasks stream their Arrow batches into
     Parquet files and return their add actions; either way the driver then makes ONE
@@ -24,8 +26,11 @@ path outside the table) and ``part-<uuid>.parquet`` files.
 Modes: ``append``, ``overwrite``, and overwrite-where (``mode="overwrite"`` with
 ``replace_where={"column": "Amount"}``): one commit that removes exactly the files of
 the matching partitions and adds the new ones. Custom table properties live in the
-table description as JSON (delta-rs rejects unknown ``configuration`` keys), or in
-``TBLPROPERTIES`` on the native backend; :func:`table_properties` reads either.
+table description as JSON on both backends (delta-rs rejects unknown ``configuration``
+keys); :func:`table_properties` also reads ``configuration`` keys named
+``pipelines.properties.<key>``. Every add action carries min/max stats (see
+:func:`_min_max`) and partition values in the protocol's format, so other engines can
+skip files and read the values back.
 """
 
 from __future__ import annotations
@@ -870,8 +875,8 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
     spark = df.sparkSession
     table = "delta.`" + _uri(path).replace("`", "``") + "`"
     if properties is not None and dict(properties) != table_properties(path):
-        # Delta's 'comment' property is the table description, where delta-rs keeps them too.
-        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('comment' = '{_sql_escape(_description(properties))}')")
+        # The table comment is Delta's description, where delta-rs keeps them too.
+        spark.sql(f"COMMENT ON TABLE {table} IS '{_sql_escape(_description(properties))}'")
     return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"])
 
 
