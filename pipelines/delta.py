@@ -875,8 +875,8 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
     spark = df.sparkSession
     table = "delta.`" + _uri(path).replace("`", "``") + "`"
     if properties is not None and dict(properties) != table_properties(path):
-        # The table comment is Delta's description, where delta-rs keeps them too.
-        spark.sql(f"COMMENT ON TABLE {table} IS '{_sql_escape(_description(properties))}'")
+        # Delta's 'comment' property is the table description, where delta-rs keeps them too.
+        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('comment' = '{_sql_escape(_description(properties))}')")
     return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"])
 
 
