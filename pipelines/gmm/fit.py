@@ -57,7 +57,7 @@ from pipelines.gmm.summary import (
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipelines.config import Config, GmmFitSettings
+    from pipelines.config import GmmFitSettings
     from pipelines.runs import Run
 
 MODELS, FIT_STATUS = "models", "fit_status"
@@ -442,9 +442,8 @@ def parse_mixed(text: str) -> dict[str, list[float]]:
     return out
 
 
-def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
+def run_gmm_fit(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
     """The ``gmm_fit`` job: fit every requested column that has not succeeded yet (see the module doc)."""
-    s = cfg.gmm_fit
     if not s.input:
         raise UserError("gmm_fit.input: required (--input TABLE)")
     if s.backend == "spark-ml" and s.mode != "mle":

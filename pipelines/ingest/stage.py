@@ -63,7 +63,7 @@ from pipelines.ingest import sources as src
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from pipelines.config import Config, IngestSettings
+    from pipelines.config import IngestSettings
     from pipelines.runs import Run
 
 SPLIT_BYTES = 128 * 1024 * 1024
@@ -112,14 +112,14 @@ class Columns:
         return [{"original": o, "safe": s} for o, s in zip(self.original, self.safe, strict=True)]
 
 
-def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
-    """Ingest ``cfg.ingest.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
+def run_ingest(spark: SparkSession, s: IngestSettings, run: Run) -> None:
+    """Ingest ``s.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
 
     Parameters
     ----------
     spark : SparkSession
-    cfg : Config
-        Uses the ``ingest`` section (source, format, output, schema_file, mode, force, ...).
+    s : IngestSettings
+        The ``ingest`` section (source, format, output, schema_file, mode, force, ...).
     run : Run
         Filled with counts (rows_read / rows_written / rows_quarantined, files),
         outputs, timings and details (schema, column mapping, special values per column).
@@ -131,7 +131,6 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
         the files, a schema file that does not parse, files already ingested (append
         without ``force``), or an append whose columns do not match the bronze table.
     """
-    s = cfg.ingest
     if not s.source:
         raise UserError("--source: required (or ingest.source in the config)")
     if not s.format:
