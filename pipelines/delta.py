@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import fs
+from pipelines.columns import quote
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
     if not files:
         return spark.createDataFrame([], spark_schema)
     df = spark.read.schema(spark_schema).option("basePath", _uri(path)).parquet(*files)
-    return df.select(*[f"`{name}`" for name in arrow_schema.names])
+    return df.select(*[quote(name) for name in arrow_schema.names])
 
 
 def scan_table(path: str, *, version: int | None = None) -> pl.LazyFrame:
@@ -699,7 +700,7 @@ def _sql_escape(value: Any) -> str:
 def _sql_predicate(replace_where: Mapping[str, Any]) -> str:
     parts = []
     for key, value in replace_where.items():
-        column = "`" + key.replace("`", "``") + "`"
+        column = quote(key)
         parts.append(f"{column} IS NULL" if value is None else f"{column} = '{_sql_escape(value)}'")
     return " AND ".join(parts)
 

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines import delta, fs
+from pipelines.columns import quote
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -598,11 +599,6 @@ def _bound_worker_threads(spark: SparkSession) -> None:
 
 
 # --------------------------------------------------------------------------- Spark helpers
-
-
-def quote(name: str) -> str:
-    """A column name as a Spark SQL identifier (backticks doubled)."""
-    return "`" + name.replace("`", "``") + "`"
 
 
 def read_spark(spark: SparkSession, path: str) -> DataFrame:

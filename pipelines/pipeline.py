@@ -32,18 +32,17 @@ DEMO_ROLES: dict[str, dict[str, Any]] = {
 
 
 def _stages() -> list[tuple[str, Stage, str]]:
-    from pipelines.cluster.run import stage_run as cluster_eval
-    from pipelines.gmm.fit import run_gmm_fit
-    from pipelines.gmm.transform import run as gmm_transform
-    from pipelines.ingest import run_ingest
-    from pipelines.tokenize import run as tokenize
+    from pipelines import ingest, tokenize
+    from pipelines.cluster import run as cluster_eval
+    from pipelines.gmm import fit as gmm_fit
+    from pipelines.gmm import transform as gmm_transform
 
     return [
-        ("ingest", run_ingest, "output"),
-        ("cluster_eval", cluster_eval, "output"),
-        ("gmm_fit", run_gmm_fit, "fit_dir"),
-        ("gmm_transform", gmm_transform, "output"),
-        ("tokenize", tokenize, "output"),
+        ("ingest", ingest.run, "output"),
+        ("cluster_eval", cluster_eval.run, "output"),
+        ("gmm_fit", gmm_fit.run, "fit_dir"),
+        ("gmm_transform", gmm_transform.run, "output"),
+        ("tokenize", tokenize.run, "output"),
     ]
 
 

@@ -52,7 +52,7 @@ def k_values(settings: ClusterEvalSettings, rows: int) -> list[int]:
     return ks
 
 
-def stage_run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
+def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     """Run cluster_eval with its ``settings``; fill ``run`` and write everything under its output."""
     out = settings.output
     source = settings.input or "built-in dataset"

@@ -55,6 +55,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import delta, fs
+from pipelines.columns import quote as _quote
 from pipelines.errors import UserError
 from pipelines.ingest import names as N
 from pipelines.ingest import schema as S
@@ -112,7 +113,7 @@ class Columns:
         return [{"original": o, "safe": s} for o, s in zip(self.original, self.safe, strict=True)]
 
 
-def run_ingest(spark: SparkSession, s: IngestSettings, run: Run) -> None:
+def run(spark: SparkSession, s: IngestSettings, run: Run) -> None:
     """Ingest ``s.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
 
     Parameters
@@ -277,10 +278,6 @@ def _read_raw(spark: SparkSession, s: IngestSettings, files: list[src.SourceFile
     if schema_fields is not None:
         _apply_schema_file(cols, schema_fields, s)
     return df.select(*renamed, *meta), cols
-
-
-def _quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _read_csv(

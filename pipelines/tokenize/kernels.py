@@ -64,7 +64,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-ROW_ID = "_row_id"
+from pipelines.columns import ROW_ID
 
 #: Reserved token offsets from ``n_bins`` (see the module docstring).
 RESERVED = ("null", "nan", "neg_inf", "pos_inf")

@@ -39,7 +39,9 @@ import polars as pl
 import pyarrow as pa
 
 from pipelines import delta, fs
-from pipelines.engine import Engine, Reducer, Sink, arrow_schema, quote, record
+from pipelines.columns import ROW_ID, quote
+from pipelines.columns import default_columns as _default_columns
+from pipelines.engine import Engine, Reducer, Sink, arrow_schema, record
 from pipelines.errors import UserError
 from pipelines.tokenize import kernels as K
 
@@ -49,7 +51,6 @@ if TYPE_CHECKING:
     from pipelines.config import TokenizeSettings
     from pipelines.runs import Run
 
-ROW_ID = K.ROW_ID
 TOKENIZER_SCHEMA = pl.Schema(
     {
         "column": pl.String,
@@ -112,9 +113,8 @@ def _check_columns(schema: pa.Schema, columns: Sequence[str], where: str) -> Non
 
 def default_columns(schema: pa.Schema) -> tuple[list[str], list[str]]:
     """Every numeric column not starting with ``_`` (row id and ingest metadata), and the others."""
-    data = [f for f in schema if not f.name.startswith("_")]
-    numeric = [f.name for f in data if _is_numeric(f.type)]
-    return numeric, [f.name for f in data if f.name not in numeric]
+    numeric = _default_columns((f.name, _is_numeric(f.type)) for f in schema)
+    return numeric, [f.name for f in schema if not f.name.startswith("_") and f.name not in numeric]
 
 
 def _tokens_schema(columns: Sequence[str], dtype: pl.DataType) -> pa.Schema:
