@@ -98,7 +98,7 @@ def test_every_task_file_exists_and_accepts_its_parameters(bundle):
         job = _load_job(python_file)
         job.build_parser().parse_args(params)  # exits (SystemExit) on any unknown or bad flag
         seen.add(python_file.stem)
-    assert {"cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize"} <= seen
+    assert {"cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize_job"} <= seen
 
 
 @pytest.mark.slow
