@@ -4,7 +4,7 @@ Protocol (issue 6): a heavy-tailed, amount-like column and a bimodal one; Delta 
 Delta out; rows/s, seconds per stage and peak memory; RDT's transform +
 reverse_transform at ``--rdt-rows`` on the same data and the same mixture.
 
-    PYTHONPATH=. .venv/bin/python benchmarks/gmm_pipeline.py --rows 1000000 [--engine both] [--rdt-rows 1000000]
+    PYTHONPATH=. .venv/bin/python benchmarks/gmm_pipeline.py --rows 1000000 [--engine both|all|spark|local|mapInArrow] [--rdt-rows 1000000]
 
 The fit: ``jobs/gmm_fit.py`` when it is in the tree (``--fit auto``/``job``); otherwise
 (``--fit peer``) the model is RDT's own fit on a ``--fit-sample`` row sample (a
@@ -105,12 +105,17 @@ def rdt_transform_inverse(transformers: dict, data: pa.Table) -> dict:
 
 
 def run_ours(spark, engine: str, work: Path, fit_dir: str, bronze: str, seed: int) -> dict:
+    """``engine``: spark, local, or mapInArrow (the Spark engine's fallback path)."""
+    from pipelines.engine import Engine
+
     work.mkdir(parents=True, exist_ok=True)
     out, back = str(work / f"out_{engine}"), str(work / f"back_{engine}")
+    runner = Engine("spark" if engine == "mapInArrow" else engine, spark if engine != "local" else None,
+                    spark_path="mapInArrow" if engine == "mapInArrow" else "auto")
     run = Run(job="bench", output=out)
-    stage.transform(spark, run, fit_dir=fit_dir, input_path=bronze, output=out, layout="wide", seed=seed, engine=engine)
+    stage.transform(runner, run, fit_dir=fit_dir, input_path=bronze, output=out, layout="wide", seed=seed)
     inv = Run(job="bench", output=back)
-    stage.inverse(spark, inv, fit_dir=fit_dir, input_path=f"{out}/transformed_values", output=back, engine=engine)
+    stage.inverse(runner, inv, fit_dir=fit_dir, input_path=f"{out}/transformed_values", output=back)
     return {
         "transform": run.timings["transform"],
         "feature_values": run.timings.get("feature_values", 0.0),
@@ -123,7 +128,8 @@ def run_ours(spark, engine: str, work: Path, fit_dir: str, bronze: str, seed: in
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--engine", choices=["spark", "polars", "both"], default="both")
+    p.add_argument("--engine", choices=["spark", "local", "mapInArrow", "both", "all"], default="both",
+                   help="both: spark and local; all: also the mapInArrow fallback")
     p.add_argument("--fit", choices=["auto", "job", "peer"], default="auto", help="job = jobs/gmm_fit.py; peer = RDT's fit")
     p.add_argument("--fit-sample", type=int, default=50_000, help="rows RDT fits on (peer fit, and RDT's own model)")
     p.add_argument("--rdt-rows", type=int, default=1_000_000, help="rows for RDT's transform + reverse (0: skip)")
@@ -162,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             transformers = {}
             fit_dir = str(work / "fit")
             spark = None
-            if args.engine != "polars" or fit_job:
+            if args.engine != "local" or fit_job:
                 from pipelines.config import SparkSettings, load_config
                 from pipelines.spark import get_spark
 
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raise SystemExit("no fit: jobs/gmm_fit.py is not in the tree and rdt is not installed")
 
-            engines = ["spark", "polars"] if args.engine == "both" else [args.engine]
+            engines = {"both": ["spark", "local"], "all": ["spark", "local", "mapInArrow"]}.get(args.engine, [args.engine])
             warm = str(work / "warmup_bronze")
             write_bronze(warm, WARMUP_ROWS, args.seed + 1)
             for engine in engines:

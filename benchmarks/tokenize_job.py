@@ -6,10 +6,12 @@ Generates ``rows x columns`` doubles (+ ``_row_id``) as a Delta table, then in t
 run measures, in values/s (rows x columns / seconds):
 
 - baseline: Spark reads the table's Parquet files and writes them as plain Parquet;
-  and Polars ``scan_parquet`` -> ``sink_parquet`` (the baseline of ``--engine polars``);
-- the tokenize job with ``--engine spark`` and ``--engine polars`` (the tokens pass alone,
-  and the whole job including the two fit passes);
-- the detokenize job with both engines.
+  and Polars ``scan_parquet`` -> ``sink_parquet`` (the baseline of both engines, which
+  read and write the files with pyarrow);
+- the tokenize job with ``--engine spark``, ``--engine local`` and the Spark engine's
+  ``mapInArrow`` fallback (``engine.spark_path: mapInArrow``): the tokens pass alone, and
+  the whole job including the two fit passes;
+- the detokenize job the same three ways.
 
 Prints machine, rows, command, the figures and the peak RSS of the driver process and of
 the Spark driver JVM (sampled with psutil), and a Markdown table for benchmarks/results.
@@ -45,7 +47,7 @@ def _job(argv: list[str]) -> dict:
     from contextlib import redirect_stdout
     from io import StringIO
 
-    from jobs.tokenize import main
+    from jobs.tokenize_job import main
 
     out = StringIO()
     with redirect_stdout(out):
@@ -113,12 +115,15 @@ def main() -> None:
             lambda: pl.scan_parquet(delta._open(src).file_uris()).sink_parquet(str(work / "plain_polars.parquet"))
         )
         summaries = {}
-        for engine in ("spark", "polars"):
+        fallback = work / "mapInArrow.yaml"
+        fallback.write_text("engine:\n  spark_path: mapInArrow\n")
+        for engine in ("spark", "local", "mapInArrow"):
             out = str(work / f"out_{engine}")
+            flags = ["--engine", "spark", "--config", str(fallback)] if engine == "mapInArrow" else ["--engine", engine]
             t = _timed(
-                lambda out=out, engine=engine: summaries.__setitem__(
+                lambda out=out, engine=engine, flags=flags: summaries.__setitem__(
                     f"tok_{engine}",
-                    _job(["--input", src, "--columns", ",".join(names), "--output", out, "--bins", str(args.bins), "--engine", engine]),
+                    _job(["--input", src, "--columns", ",".join(names), "--output", out, "--bins", str(args.bins), *flags]),
                 )
             )
             results[f"tokenize_job_{engine}"] = t
@@ -126,26 +131,16 @@ def main() -> None:
             results[f"fit_edges_{engine}"] = summaries[f"tok_{engine}"]["timings"]["fit_edges"]
             results[f"fit_bins_{engine}"] = summaries[f"tok_{engine}"]["timings"]["fit_bins"]
             argv = ["--detokenize", "--tokenizer", f"{out}/tokenizer", "--input", f"{out}/tokens", "--output", f"{out}/back",
-                    "--engine", engine]
+                    *flags]
             t = _timed(lambda argv=argv, engine=engine: summaries.__setitem__(f"detok_{engine}", _job(argv)))
             results[f"detokenize_job_{engine}"] = t
             results[f"detokenize_pass_{engine}"] = summaries[f"detok_{engine}"]["timings"]["detokenize"]
 
-        # The same kernels through spark_map, written as plain Parquet (no Delta commit):
-        # what the passes cost without the table's commit and footers.
-        from pipelines.tokenize import detokenize, read_tokenizer, tokenize
-        from pipelines.tokenize.kernels import token_dtype
+        # The mapInArrow fallback's floor: the same rows through mapInArrow and back untouched
+        # (no kernel), written as plain Parquet: what the JVM <-> Python Arrow round trip costs.
+        from pipelines.engine import spark_map
 
-        bins = read_tokenizer(str(work / "out_spark" / "tokenizer"))
-        tokens = tokenize(src_df, bins, dtype=token_dtype(args.bins))
-        results["tokenize_native_parquet"] = _timed(lambda: tokens.write.mode("overwrite").parquet(str(work / "tok_pq")))
-        back = detokenize(delta.read_table(spark, str(work / "out_spark" / "tokens")), bins)
-        results["detokenize_native_parquet"] = _timed(lambda: back.write.mode("overwrite").parquet(str(work / "detok_pq")))
-        # The Spark engine's floor: the same rows through mapInArrow and back untouched (no
-        # kernel), written as plain Parquet: what the JVM <-> Python Arrow round trip costs.
-        from pipelines.partitions import spark_map
-
-        identity = spark_map(src_df, lambda frame: frame, src_df.schema)
+        identity = spark_map(src_df, lambda frame: frame, delta.table_schema(src))
         results["identity_native_parquet"] = _timed(lambda: identity.write.mode("overwrite").parquet(str(work / "id_pq")))
 
     rmse = {c: (v["rmse_mean"], v["rmse_centre"], v["effective_bins"]) for c, v in summaries["tok_spark"]["columns"].items()}
@@ -157,23 +152,27 @@ def main() -> None:
           f"(generate+write {t_gen:.1f}s)")
     print(f"peak RSS: driver python {rss.python / 2**20:.0f} MiB, driver JVM {rss.jvm / 2**20:.0f} MiB")
     print()
-    print("| step | engine | seconds | values/s | vs plain Parquet read+write |")
+    print("| step | engine | seconds | values/s | vs plain Parquet read+write (Polars for the file engines, Spark for mapInArrow) |")
     print("|---|---|---:|---:|---:|")
     rows = [
         ("plain Parquet read+write", "spark", "parquet_spark", base_spark),
         ("plain Parquet read+write", "polars", "parquet_polars", base_polars),
-        ("tokens pass (read, kernel, write Delta)", "spark", "tokenize_pass_spark", base_spark),
-        ("tokens pass (read, kernel, write Delta)", "polars", "tokenize_pass_polars", base_polars),
-        ("tokens pass, plain Parquet output instead of Delta", "spark", "tokenize_native_parquet", base_spark),
+        ("tokens pass (read, kernel, write Delta)", "spark", "tokenize_pass_spark", base_polars),
+        ("tokens pass (read, kernel, write Delta)", "local", "tokenize_pass_local", base_polars),
+        ("tokens pass (read, kernel, write Delta)", "mapInArrow", "tokenize_pass_mapInArrow", base_spark),
         ("fit pass 1: edges (percentile_approx, Spark)", "spark", "fit_edges_spark", base_spark),
-        ("fit pass 2: bin statistics (kernel + aggregation, Spark)", "spark", "fit_bins_spark", base_spark),
-        ("tokenize job, all passes", "spark", "tokenize_job_spark", base_spark),
-        ("tokenize job, all passes", "polars", "tokenize_job_polars", base_polars),
-        ("detokenise pass (read, kernel, write Delta)", "spark", "detokenize_pass_spark", base_spark),
-        ("detokenise pass (read, kernel, write Delta)", "polars", "detokenize_pass_polars", base_polars),
-        ("detokenise pass, plain Parquet output instead of Delta", "spark", "detokenize_native_parquet", base_spark),
-        ("detokenize job (+ token counts)", "spark", "detokenize_job_spark", base_spark),
-        ("detokenize job (+ token counts)", "polars", "detokenize_job_polars", base_polars),
+        ("fit pass 2: bin statistics (reduce)", "spark", "fit_bins_spark", base_polars),
+        ("fit pass 2: bin statistics (reduce)", "local", "fit_bins_local", base_polars),
+        ("fit pass 2: bin statistics (reduce)", "mapInArrow", "fit_bins_mapInArrow", base_spark),
+        ("tokenize job, all passes", "spark", "tokenize_job_spark", base_polars),
+        ("tokenize job, all passes", "local", "tokenize_job_local", base_polars),
+        ("tokenize job, all passes", "mapInArrow", "tokenize_job_mapInArrow", base_spark),
+        ("detokenise pass (read, kernel, write Delta, token counts)", "spark", "detokenize_pass_spark", base_polars),
+        ("detokenise pass (read, kernel, write Delta, token counts)", "local", "detokenize_pass_local", base_polars),
+        ("detokenise pass (read, kernel, write Delta, token counts)", "mapInArrow", "detokenize_pass_mapInArrow", base_spark),
+        ("detokenize job", "spark", "detokenize_job_spark", base_polars),
+        ("detokenize job", "local", "detokenize_job_local", base_polars),
+        ("detokenize job", "mapInArrow", "detokenize_job_mapInArrow", base_spark),
         ("mapInArrow round trip, no kernel, plain Parquet output", "spark", "identity_native_parquet", base_spark),
     ]
     for label, engine, key, base in rows:

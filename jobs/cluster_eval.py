@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipelines.cluster.run import stage_run
+from pipelines.cluster import run as cluster_eval
 from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute, int_list
 
 
@@ -41,7 +41,7 @@ def build_parser() -> JobArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return execute("cluster_eval", build_parser(), argv, stage_run)
+    return execute("cluster_eval", build_parser(), argv, cluster_eval.run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ a column failed (the others are still written), 2 on bad input.
 
 from __future__ import annotations
 
-from pipelines.gmm.fit import parse_mixed, run_gmm_fit
+from pipelines.gmm import fit
+from pipelines.gmm.fit import parse_mixed
 from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
 
 
@@ -37,7 +38,7 @@ def build_parser() -> JobArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return execute("gmm_fit", build_parser(), argv, run_gmm_fit, output_key="fit_dir")
+    return execute("gmm_fit", build_parser(), argv, fit.run, output_key="fit_dir")
 
 
 if __name__ == "__main__":

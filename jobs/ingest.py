@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pipelines.ingest import run_ingest
+from pipelines import ingest
 from pipelines.runs import JobArgumentParser, add_config_flag, execute
 
 
@@ -36,7 +36,7 @@ def build_parser() -> JobArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return execute("ingest", build_parser(), argv, run_ingest)
+    return execute("ingest", build_parser(), argv, ingest.run)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pipelines.pipeline import run_pipeline
-from pipelines.runs import JobArgumentParser, add_config_flag, execute
+from pipelines.runs import JobArgumentParser, add_config_flag, add_engine_flag, execute
 
 
 def build_parser() -> JobArgumentParser:
@@ -19,12 +19,13 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--source", help="raw files (path or glob); default: the built-in demo dataset")
     p.add_argument("--format", choices=["csv", "parquet", "json", "delta"], help="format of --source")
     p.add_argument("--output", metavar="DIR", help="root folder for every stage's outputs (default output/pipeline)")
+    add_engine_flag(p)
     add_config_flag(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return execute("pipeline", build_parser(), argv, run_pipeline)
+    return execute("pipeline", build_parser(), argv, run_pipeline, section="*")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,17 @@ class DeltaSettings(_Section):
     target_file_mb: int = Field(128, ge=1)
 
 
+class EngineSettings(_Section):
+    """Who runs the per-file tasks (:mod:`pipelines.engine`); one setting for every stage."""
+
+    name: Literal["spark", "local", "polars"] = "spark"  # polars: an alias of local
+    # auto: tasks write the files and the driver commits (delta-rs), or mapInArrow and
+    # Spark's writer where Spark's native Delta must write; files / mapInArrow force one.
+    spark_path: Literal["auto", "files", "mapInArrow"] = "auto"
+    workers: int | None = Field(None, ge=1)  # local threads (default: the machine's cores)
+    batch_rows: int = Field(131_072, ge=1)  # rows per batch within a task
+
+
 class IngestSettings(_Section):
     source: str | None = None
     format: Literal["csv", "parquet", "json", "delta"] | None = None
@@ -109,7 +120,6 @@ class GmmTransformSettings(_Section):
     layout: Literal["long", "wide", "onehot"] = "wide"
     seed: int = 42
     inverse: bool = False
-    engine: Literal["spark", "polars"] = "spark"
 
 
 class TokenizeSettings(_Section):
@@ -122,7 +132,6 @@ class TokenizeSettings(_Section):
     detokenize: bool = False
     tokenizer: str | None = None
     value: Literal["mean", "centre"] = "mean"
-    engine: Literal["spark", "polars"] = "spark"
 
 
 class PipelineSettings(_Section):
@@ -134,6 +143,7 @@ class PipelineSettings(_Section):
 class Config(_Section):
     spark: SparkSettings = Field(default_factory=SparkSettings)
     delta: DeltaSettings = Field(default_factory=DeltaSettings)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     cluster_eval: ClusterEvalSettings = Field(default_factory=ClusterEvalSettings)
     gmm_fit: GmmFitSettings = Field(default_factory=GmmFitSettings)

@@ -50,6 +50,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import fs
+from pipelines.columns import quote
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -269,7 +270,7 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
     if not files:
         return spark.createDataFrame([], spark_schema)
     partition_by = list(dt.metadata().partition_columns)
-    columns = [f"`{name}`" for name in arrow_schema.names]
+    columns = [quote(name) for name in arrow_schema.names]
     data_schema = from_arrow_schema(pa.schema([f for f in arrow_schema if f.name not in partition_by]))
     # recursiveFileLookup: no partition values from folder names (they are escaped, and
     # another writer may name folders differently); they come from the log.
@@ -887,7 +888,7 @@ def _sql_escape(value: Any) -> str:
 def _sql_predicate(replace_where: Mapping[str, Any]) -> str:
     parts = []
     for key, value in replace_where.items():
-        column = "`" + key.replace("`", "``") + "`"
+        column = quote(key)
         parts.append(f"{column} IS NULL" if value is None else f"{column} = '{_sql_escape(value)}'")
     return " AND ".join(parts)
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines import delta, fs
+from pipelines.columns import quote
 
 if TYPE_CHECKING:
     import polars as pl
@@ -109,7 +110,7 @@ def column_sample(spark: SparkSession, table: str, column: str, *, rows: int = 1
     df = delta.read_table(spark, table)
     total = df.count()
     fraction = min(1.0, 1.2 * rows / max(total, 1))
-    picked = df.select(F.col(f"`{column}`").cast("double").alias("v")).where(F.col("v").isNotNull())
+    picked = df.select(F.col(quote(column)).cast("double").alias("v")).where(F.col("v").isNotNull())
     sample = picked.sample(fraction=fraction, seed=seed).limit(rows).toArrow()
     return sample.column("v").to_numpy(zero_copy_only=False)
 

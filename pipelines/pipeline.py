@@ -15,14 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import fs
 from pipelines.errors import UserError
-from pipelines.runs import Run
+from pipelines.runs import Run, finish
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from pipelines.config import Config
 
-Stage = Callable[["SparkSession", "Config", Run], None]
+Stage = Callable[["SparkSession", Any, Run], None]
 
 # Column roles of the built-in demo source.
 DEMO_ROLES: dict[str, dict[str, Any]] = {
@@ -32,23 +32,25 @@ DEMO_ROLES: dict[str, dict[str, Any]] = {
 
 
 def _stages() -> list[tuple[str, Stage, str]]:
-    from pipelines.cluster.run import stage_run as cluster_eval
-    from pipelines.gmm.fit import run_gmm_fit
-    from pipelines.gmm.transform import run_stage as gmm_transform
-    from pipelines.ingest import run_ingest
-    from pipelines.tokenize import run as tokenize
+    from pipelines import ingest, tokenize
+    from pipelines.cluster import run as cluster_eval
+    from pipelines.gmm import fit as gmm_fit
+    from pipelines.gmm import transform as gmm_transform
 
     return [
-        ("ingest", run_ingest, "output"),
-        ("cluster_eval", cluster_eval, "output"),
-        ("gmm_fit", run_gmm_fit, "fit_dir"),
-        ("gmm_transform", gmm_transform, "output"),
-        ("tokenize", tokenize, "output"),
+        ("ingest", ingest.run, "output"),
+        ("cluster_eval", cluster_eval.run, "output"),
+        ("gmm_fit", gmm_fit.run, "fit_dir"),
+        ("gmm_transform", gmm_transform.run, "output"),
+        ("tokenize", tokenize.run, "output"),
     ]
 
 
 def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
-    """Run every stage in order; ``run.details["stages"]`` holds each stage's summary."""
+    """Run every stage in order; ``run.details["stages"]`` holds each stage's summary.
+
+    The pipeline's settings are the whole config (each stage gets its own section).
+    """
     from pipelines.datasets import write_default_source
 
     out = cfg.pipeline.output
@@ -71,16 +73,10 @@ def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
     summaries = run.details.setdefault("stages", [])
     for i, (name, stage, output_key) in enumerate(_stages(), start=1):
         section = getattr(cfg, name).model_copy(update={**roles.get(name, {}), **paths[name]})
-        stage_cfg = cfg.model_copy(update={name: section})
-        sub = Run(job=name, output=str(getattr(section, output_key)), params=section.model_dump())
+        sub = Run(job=name, output=str(getattr(section, output_key)), params=section.model_dump(), engine=run.engine)
         run.progress(f"stage {i}/5: {name}")
         with run.timed(name):
-            try:
-                stage(spark, stage_cfg, sub)
-                sub.status = "succeeded" if sub.status == "running" else sub.status
-            except UserError as exc:
-                sub.status, sub.error = "failed", str(exc)
-        summary = sub.write_summary()
+            _, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub))
         summaries.append({k: summary[k] for k in ("job", "run_id", "status", "output", "counts", "outputs", "error")})
         run.outputs[name] = sub.output
         if sub.status != "succeeded":

@@ -14,7 +14,7 @@ import sys
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,8 +25,6 @@ from pipelines.errors import UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
-
-    from pipelines.config import Config
 
 
 def new_run_id(job: str) -> str:
@@ -51,6 +49,8 @@ class Run:
     warnings: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # The engine that runs the stage's per-file tasks (pipelines.engine.Engine); set by execute.
+    engine: Any = field(default=None, repr=False)
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
@@ -128,52 +128,87 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config applied over conf/base.yaml and the environment overlay")
 
 
+def add_engine_flag(parser: argparse.ArgumentParser) -> None:
+    """``--engine spark|local`` (``polars`` = ``local``): sets ``engine.name`` of the config."""
+    parser.add_argument("--engine", choices=["spark", "local", "polars"],
+                        help="who runs the per-file tasks: spark (default) or local threads without Spark (alias polars)")
+
+
+def finish(run: Run, stage: Callable[[], None]) -> tuple[int, dict[str, Any]]:
+    """Run ``stage()``, set ``run``'s status and error, write its summary; return the exit code and summary.
+
+    A :class:`UserError` fails the run with exit code 2 and its one-line message; any
+    other exception is a bug: its traceback is printed and the code is 1.
+    """
+    try:
+        stage()
+        run.status = "succeeded" if run.status == "running" else run.status
+        code = 0 if run.status == "succeeded" else 1
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        run.status, run.error, code = "failed", str(exc), UserError.exit_code
+    except Exception as exc:  # a bug: keep the traceback, still record the run
+        traceback.print_exc()
+        run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
+    return code, run.write_summary()
+
+
 def execute(
     job: str,
     parser: argparse.ArgumentParser,
     argv: Sequence[str] | None,
-    stage: Callable[[SparkSession, Config, Run], None],
+    stage: Callable[[SparkSession | None, Any, Run], None],
     *,
     section: str | None = None,
     output_key: str = "output",
-    extra_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+    needs_spark: Callable[[Any, str], bool] | None = None,
 ) -> int:
     """Parse flags, load the config, run ``stage`` and report. Returns the exit code.
 
-    Flags whose ``dest`` is a key of the job's config section override it; ``None``
-    (an absent flag) never does.
+    Flags whose ``dest`` is a key of the job's config section override it (``--engine``
+    sets ``engine.name``); ``None`` (an absent flag) never does. The stage gets its own
+    config section (the whole config for ``section="*"``) and a :class:`Run` whose
+    ``engine`` is built from the ``engine`` section; flags then go to the ``job`` section. Spark is started only when
+    ``needs_spark(settings, engine_name)`` says so (default: always).
     """
     from pipelines.config import load_config
-    from pipelines.spark import describe, session
+    from pipelines.engine import Engine, engine_name
 
     args = parser.parse_args(argv)
     section = section or job
-    flags = {k: v for k, v in vars(args).items() if k != "config"}
-    run: Run | None = None
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "engine")}
+    overrides: dict[str, dict[str, Any]] = {job if section == "*" else section: flags}
+    if getattr(args, "engine", None) is not None:
+        overrides["engine"] = {"name": args.engine}
+    try:
+        cfg = load_config(args.config, overrides=overrides)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return UserError.exit_code
+    settings = cfg if section == "*" else getattr(cfg, section)
+    own = getattr(cfg, job) if section == "*" else settings
+    run = Run(job=job, output=str(getattr(own, output_key)), params=own.model_dump())
+
     with ExitStack() as stack:
-        try:
-            cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
-            if cfg.delta.backend != "auto":  # "auto" keeps a backend forced by the caller
-                stack.callback(delta.set_backend, delta.forced_backend())
-                delta.set_backend(cfg.delta.backend)
-            settings = getattr(cfg, section)
-            run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
-            spark = stack.enter_context(session(cfg.spark))
-            # Recorded when the run ends, with the executors that really ran its tasks.
-            stack.callback(lambda: run.details.__setitem__("spark", describe(spark)))
-            stage(spark, cfg, run)
-            run.status = "succeeded" if run.status == "running" else run.status
-            code = 0 if run.status == "succeeded" else 1
-        except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            if run is None:
-                return UserError.exit_code
-            run.status, run.error, code = "failed", str(exc), UserError.exit_code
-        except Exception as exc:  # a bug: keep the traceback, still record the run
-            traceback.print_exc()
-            if run is None:
-                return 1
-            run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
-    data = run.write_summary()
+        if cfg.delta.backend != "auto":  # "auto" keeps a backend forced by the caller
+            stack.callback(delta.set_backend, delta.forced_backend())
+            delta.set_backend(cfg.delta.backend)
+
+        def go() -> None:
+            name = engine_name(cfg.engine.name)
+            spark = None
+            if needs_spark is None or needs_spark(settings, name):
+                from pipelines.spark import describe, session
+
+                spark = stack.enter_context(session(cfg.spark))
+            run.engine = Engine(name, spark, workers=cfg.engine.workers, spark_path=cfg.engine.spark_path,
+                                batch_rows=cfg.engine.batch_rows)
+            try:
+                stage(spark, settings, run)
+            finally:
+                if spark is not None:  # with the executors that really ran the tasks
+                    run.details["spark"] = describe(spark)
+
+        code, data = finish(run, go)
     print(json.dumps(data, default=str), flush=True)
     return code

@@ -98,7 +98,7 @@ def test_every_task_file_exists_and_accepts_its_parameters(bundle):
         job = _load_job(python_file)
         job.build_parser().parse_args(params)  # exits (SystemExit) on any unknown or bad flag
         seen.add(python_file.stem)
-    assert {"cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize"} <= seen
+    assert {"cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize_job"} <= seen
 
 
 @pytest.mark.slow
@@ -114,10 +114,9 @@ def test_wheel_contains_package_and_default_conf(tmp_path):
         assert expected in names, f"{expected} missing from {wheel.name}"
 
 
-@pytest.mark.parametrize("job", ["cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize", "pipeline"])
+@pytest.mark.parametrize("job", ["cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize_job", "pipeline"])
 def test_job_file_runs_as_a_script(job):
-    # As a script, jobs/ is first on sys.path: jobs/tokenize.py must not shadow the
-    # standard library's tokenize for its sibling jobs.
+    # As a script, jobs/ is first on sys.path: no job file may shadow a standard library module.
     result = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "usage:" in result.stdout

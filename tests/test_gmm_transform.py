@@ -1,4 +1,4 @@
-"""The gmm_transform stage and job: Spark and Polars engines, Delta in and out, bad input."""
+"""The gmm_transform stage and job: both engines and the mapInArrow path, Delta in and out, bad input."""
 
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from gmm_transform_data import all_models, synthetic, write_fit
 
 from jobs.gmm_transform import main as job_main
 from pipelines import delta
+from pipelines.engine import arrow_schema, spark_map
 from pipelines.gmm import kernels as K
-from pipelines.gmm.transform import main as polars_main
-from pipelines.partitions import spark_map
 
 N_ROWS = 3000
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,25 +46,78 @@ def spark_run(spark, data):
     return out, summary
 
 
-@pytest.fixture(scope="module")
-def polars_run(data):
-    out = str(data / "polars")
-    code = polars_main(["--engine", "polars", "--fit-dir", str(data / "fit"), "--input", str(data / "bronze"), "--output", out])
-    assert code == 0
-    summary = json.loads(Path(out, "_runs").glob("*.json").__next__().read_text())
-    return out, summary
-
-
 def _read(spark, path):
     return delta.read_table(spark, str(path))
 
 
-def test_spark_and_polars_engines_write_identical_tables(spark, spark_run, polars_run):
-    for table in ("transformed_values", "feature_values"):
-        assert_df_equality(_read(spark, f"{spark_run[0]}/{table}"), _read(spark, f"{polars_run[0]}/{table}"),
+def _config(tmp, spark_path: str) -> str:
+    path = tmp / f"engine_{spark_path}.yaml"
+    path.write_text(f"engine:\n  spark_path: {spark_path}\n")
+    return str(path)
+
+
+def _split(spark, data, n: int) -> str:
+    """The bronze rows as a Delta table of ``n`` files (one commit per slice)."""
+    path = str(data / f"bronze_{n}")
+    if not delta.table_exists(path):
+        frame = synthetic(N_ROWS)
+        for i, part in enumerate(np.array_split(np.arange(N_ROWS), n)):
+            delta.write_polars(frame[part], path, mode="overwrite" if i == 0 else "append")
+    assert len(delta._open(path).file_uris()) == n
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(spark, data):
+    """The mapInArrow path (the Spark engine before files were scheduled), 1 input file, every layout + inverse."""
+    cfg = _config(data, "mapInArrow")
+    fit, out = str(data / "fit"), {}
+    for layout in ("wide", "onehot", "long"):
+        out[layout] = str(data / f"ref_{layout}")
+        argv = ["--config", cfg, "--fit-dir", fit, "--input", _split(spark, data, 1), "--output", out[layout], "--layout", layout]
+        assert job_main(argv) == 0
+        if layout != "long":
+            back = ["--config", cfg, "--inverse", "--fit-dir", fit, "--input", f"{out[layout]}/transformed_values",
+                    "--output", f"{out[layout]}/back"]
+            assert job_main(back) == 0
+    runs = sorted(Path(out["wide"], "_runs").glob("*.json"))
+    assert json.loads(runs[0].read_text())["engine"]["steps"]["transform"]["path"] == "mapInArrow"
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["spark", "local"])
+@pytest.mark.parametrize("n_files", [1, 3, 7])
+def test_outputs_identical_across_engines_and_input_files(spark, data, reference, engine, n_files, capsys):
+    fit, source = str(data / "fit"), _split(spark, data, n_files)
+    for layout in ("wide", "onehot", "long"):
+        out = str(data / f"{engine}_{n_files}_{layout}")
+        code, summary, _ = _run(job_main, ["--engine", engine, "--fit-dir", fit, "--input", source, "--output", out,
+                                           "--layout", layout], capsys)
+        assert code == 0
+        steps = summary["engine"]["steps"]
+        assert summary["engine"]["name"] == engine and steps["transform"] == {
+            "path": "files", "units": n_files, "rows": N_ROWS, "polars_threads": steps["transform"]["polars_threads"]}
+        tables = ["feature_values"] if layout == "long" else ["transformed_values", "feature_values"]
+        for table in tables:
+            assert_df_equality(_read(spark, f"{out}/{table}"), _read(spark, f"{reference[layout]}/{table}"),
+                               ignore_row_order=True, ignore_nullable=True)
+        if layout == "long":
+            continue
+        code, back, _ = _run(job_main, ["--engine", engine, "--inverse", "--fit-dir", fit, "--input",
+                                        f"{out}/transformed_values", "--output", f"{out}/back"], capsys)
+        assert code == 0 and back["counts"]["rows"] == N_ROWS
+        assert_df_equality(_read(spark, f"{out}/back/inverted_values"), _read(spark, f"{reference[layout]}/back/inverted_values"),
                            ignore_row_order=True, ignore_nullable=True)
-    for key in ("counts", "columns", "max_abs_error"):
-        assert spark_run[1][key] == polars_run[1][key]
+
+
+def test_local_engine_summary_equals_the_spark_engine_summary(data, spark_run, capsys):
+    out = str(data / "local")
+    code, summary, _ = _run(job_main, ["--engine", "local", "--fit-dir", str(data / "fit"), "--input", str(data / "bronze"),
+                                       "--output", out], capsys)
+    assert code == 0
+    for key in ("counts", "columns", "max_abs_error", "layout"):
+        assert summary[key] == spark_run[1][key]
 
 
 def test_outputs_have_the_documented_shape(spark, spark_run):
@@ -95,31 +147,10 @@ def test_summary_counts_clipped_nonfinite_and_unknown(spark_run):
     assert any("cat: 1 row(s)" in w for w in summary["warnings"])
 
 
-def test_one_and_seven_partitions_give_identical_outputs(spark, data):
-    bronze = _read(spark, data / "bronze")
-    outputs = []
-    # A high open cost per file keeps Spark from packing the small files into fewer partitions.
-    previous = spark.conf.get("spark.sql.files.openCostInBytes")
-    spark.conf.set("spark.sql.files.openCostInBytes", str(256 << 20))
-    try:
-        for n in (1, 7):
-            path = str(data / f"bronze_{n}")
-            delta.write_table(bronze.repartition(n, "_row_id"), path, mode="overwrite")
-            assert _read(spark, path).rdd.getNumPartitions() == n
-            out = str(data / f"out_{n}")
-            assert job_main(["--fit-dir", str(data / "fit"), "--input", path, "--output", out, "--seed", "5"]) == 0
-            outputs.append(out)
-    finally:
-        spark.conf.set("spark.sql.files.openCostInBytes", previous)
-    for table in ("transformed_values", "feature_values"):
-        assert_df_equality(_read(spark, f"{outputs[0]}/{table}"), _read(spark, f"{outputs[1]}/{table}"),
-                           ignore_row_order=True, ignore_nullable=True)
-
-
 def test_seed_changes_the_sampled_modes_only(spark, data):
     plans = [K.plan_column(m) for m in all_models()]
     source = _read(spark, data / "bronze").select("_row_id", "amount", "bimodal", "mixed", "cat")
-    schema = "_row_id long, amount double, amount__component int"
+    schema = arrow_schema({"_row_id": pl.Int64, "amount": pl.Float64, "amount__component": pl.Int32})
 
     def encoded(seed):
         def kernel(b):
@@ -135,10 +166,10 @@ def test_seed_changes_the_sampled_modes_only(spark, data):
     assert np.all(z1[unclipped] != z2[unclipped])
 
 
-@pytest.mark.parametrize("engine_main, engine", [(job_main, "spark"), (polars_main, "polars")])
-def test_round_trip_through_delta_is_exact(spark, data, spark_run, engine_main, engine, capsys):
+@pytest.mark.parametrize("engine", ["spark", "polars"])
+def test_round_trip_through_delta_is_exact(spark, data, spark_run, engine, capsys):
     back = str(data / f"back_{engine}")
-    code, summary, _ = _run(engine_main, ["--inverse", "--engine", engine, "--fit-dir", str(data / "fit"),
+    code, summary, _ = _run(job_main, ["--inverse", "--engine", engine, "--fit-dir", str(data / "fit"),
                                           "--input", f"{spark_run[0]}/transformed_values", "--output", back], capsys)
     assert code == 0 and summary["layout"] == "wide" and summary["counts"]["rows"] == N_ROWS
     got = delta.scan_table(f"{back}/inverted_values").collect().sort("_row_id")
@@ -183,16 +214,17 @@ def test_onehot_and_long_layouts(spark, data, spark_run, capsys):
     assert summary["columns"] == spark_run[1]["columns"]
 
 
-def test_polars_module_entry_runs_without_spark(data):
+def test_local_engine_job_runs_without_spark(data):
     out = str(data / "cli")
     probe = (
         "import runpy, sys\n"
+        f"sys.argv[0] = {str(ROOT / 'jobs' / 'gmm_transform.py')!r}\n"
         "try:\n"
-        "    runpy.run_module('pipelines.gmm.transform', run_name='__main__')\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
         "finally:\n"
-        "    assert 'pyspark' not in sys.modules, 'the polars engine imported pyspark'\n"
+        "    assert 'pyspark' not in sys.modules, 'the local engine imported pyspark'\n"
     )
-    argv = ["--engine", "polars", "--fit-dir", str(data / "fit"), "--input", str(data / "bronze"), "--output", out]
+    argv = ["--engine", "local", "--fit-dir", str(data / "fit"), "--input", str(data / "bronze"), "--output", out]
     proc = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr
@@ -211,11 +243,11 @@ def _bad(main, argv, capsys):
     return lines[0]
 
 
-@pytest.mark.parametrize("engine_main, engine", [(job_main, "spark"), (polars_main, "polars")])
-def test_missing_fit_column_exits_2_naming_it(spark, data, engine_main, engine, capsys):
+@pytest.mark.parametrize("engine", ["spark", "local"])
+def test_missing_fit_column_exits_2_naming_it(spark, data, engine, capsys):
     path = str(data / f"no_bimodal_{engine}")
     delta.write_polars(synthetic(50).drop("bimodal"), path, mode="overwrite")
-    line = _bad(engine_main, ["--engine", engine, "--fit-dir", str(data / "fit"), "--input", path,
+    line = _bad(job_main, ["--engine", engine, "--fit-dir", str(data / "fit"), "--input", path,
                               "--output", str(data / "x")], capsys)
     assert "'bimodal'" in line and "missing from the input" in line and path in line
 

@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 from chispa import assert_df_equality
 
-from jobs.tokenize import main
+from jobs.tokenize_job import main
 from pipelines import delta
 from pipelines.tokenize import fit_edges
 from pipelines.tokenize import kernels as K
@@ -34,17 +34,18 @@ def _source_frame(n: int, seed: int = 3) -> pl.DataFrame:
 
 @pytest.fixture(scope="module")
 def source(spark, tmp_path_factory):
-    """The same 6000 rows as one file and as 7 files."""
+    """The same 6000 rows as one file, 3 files and 7 files."""
     root = tmp_path_factory.mktemp("tokenize_src")
     frame = _source_frame(6000)
     one = str(root / "one")
     delta.write_polars(frame, one, mode="overwrite")
-    seven = str(root / "seven")
-    delta.write_table(delta.read_table(spark, one).repartition(7), seven, mode="overwrite")
-    with _file_per_partition(spark):
-        assert delta.read_table(spark, seven).rdd.getNumPartitions() >= 7
+    out = {"frame": frame, "one": one}
+    for name, n in (("three", 3), ("seven", 7)):
+        out[name] = str(root / name)
+        delta.write_table(delta.read_table(spark, one).repartition(n), out[name], mode="overwrite")
+        assert len(delta._open(out[name]).file_uris()) == n
     assert delta.read_table(spark, one).rdd.getNumPartitions() == 1
-    return {"frame": frame, "one": one, "seven": seven}
+    return out
 
 
 @contextlib.contextmanager
@@ -70,20 +71,24 @@ def _run(capsys, argv):
 
 @pytest.fixture(scope="module")
 def runs(spark, source, tmp_path_factory):
-    """Tokenise with 1 partition (Spark), 7 partitions (Spark) and 7 partitions (Polars); detokenise.
+    """Tokenise and detokenise: the mapInArrow path on 1 file (the reference), and both engines on 1, 3 and 7 files.
 
     relative_error * rows = 0.3 < 1/2: the quantile sketch keeps every rank exactly, so
     the edges are exact and cannot depend on the partitioning (see pipelines.tokenize.stage).
     """
     root = tmp_path_factory.mktemp("tokenize_out")
+    arrow = root / "mapInArrow.yaml"
+    arrow.write_text("engine:\n  spark_path: mapInArrow\n")
+    cases = {"ref": ("one", "spark", ["--config", str(arrow)]), "one": ("one", "spark", [])}
+    cases.update({f"{engine}_{table}": (table, engine, []) for engine in ("spark", "local") for table in ("one", "three", "seven")})
     out = {}
-    for name, table, engine in [("one", source["one"], "spark"), ("seven", source["seven"], "spark"), ("polars", source["seven"], "polars")]:
-        argv = ["--input", table, "--columns", ",".join(COLUMNS), "--output", str(root / name), "--bins", "32",
-                "--relative-error", "5e-5", "--engine", engine]
-        with _file_per_partition(spark) if name == "seven" else contextlib.nullcontext():
+    for name, (table, engine, extra) in cases.items():
+        argv = ["--input", source[table], "--columns", ",".join(COLUMNS), "--output", str(root / name), "--bins", "32",
+                "--relative-error", "5e-5", "--engine", engine, *extra]
+        with _file_per_partition(spark) if table != "one" else contextlib.nullcontext():
             assert main(argv) == 0
         back = ["--detokenize", "--tokenizer", str(root / name / "tokenizer"), "--input", str(root / name / "tokens"),
-                "--output", str(root / name / "back"), "--engine", engine]
+                "--output", str(root / name / "back"), "--engine", engine, *extra]
         assert main(back) == 0
         out[name] = root / name
     return out
@@ -182,17 +187,21 @@ def test_round_trip_rmse_matches_numpy_and_means_beat_centres(source, runs):
     assert back["b"].is_null().to_list() == frame["b"].is_null().to_list()
 
 
-def test_spark_path_equals_polars_path_and_one_partition_equals_seven(spark, runs):
+def test_engines_and_file_counts_equal_the_mapinarrow_path(spark, runs):
     def table(run, name):
         return delta.read_table(spark, str(runs[run] / name))
 
-    for other in ("seven", "polars"):
-        assert_df_equality(table("one", "tokens"), table(other, "tokens"), ignore_row_order=True)
-        # bin means come from exact fixed-point sums: bit-identical whatever the partitioning
-        assert_df_equality(table("one", "tokenizer"), table(other, "tokenizer"), ignore_row_order=True)
-        assert_df_equality(
-            table("one", "back/detokenized"), table(other, "back/detokenized"), ignore_row_order=True, allow_nan_equality=True
-        )
+    (ref,) = _summary(runs["ref"])
+    assert ref["engine"]["steps"]["tokenize"]["path"] == "mapInArrow"
+    for other in [r for r in runs if r != "ref"]:
+        (summary,) = _summary(runs[other])
+        assert summary["engine"]["steps"]["tokenize"]["path"] == "files"
+        assert summary["columns"] == ref["columns"] and summary["counts"] == ref["counts"]
+        assert_df_equality(table("ref", "tokens"), table(other, "tokens"), ignore_row_order=True, ignore_nullable=True)
+        # bin means come from exact fixed-point sums: bit-identical whatever the files
+        assert_df_equality(table("ref", "tokenizer"), table(other, "tokenizer"), ignore_row_order=True)
+        assert_df_equality(table("ref", "back/detokenized"), table(other, "back/detokenized"), ignore_row_order=True,
+                           allow_nan_equality=True, ignore_nullable=True)
 
 
 def test_detokenize_centre_and_uniform_method(spark, source, tmp_path, capsys):
@@ -279,14 +288,23 @@ def test_detokenize_bad_inputs_exit_2(source, runs, tmp_path, capsys):
     assert code == 2 and "column 'a' is double, not integer tokens" in err
 
 
-def test_job_runs_as_a_script_despite_its_stdlib_name():
-    """spark-submit runs jobs/tokenize.py with jobs/ first on sys.path, where it would shadow stdlib tokenize."""
+def test_detokenize_with_the_local_engine_starts_no_spark(runs, tmp_path):
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(root)}
-    done = subprocess.run([sys.executable, str(root / "jobs" / "tokenize.py"), "--help"], capture_output=True, text=True, env=env)
+    probe = (
+        "import runpy, sys\n"
+        f"sys.argv[0] = {str(root / 'jobs' / 'tokenize_job.py')!r}\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "finally:\n"
+        "    assert 'pyspark' not in sys.modules, 'the local engine imported pyspark'\n"
+    )
+    argv = ["--detokenize", "--engine", "local", "--tokenizer", str(runs["one"] / "tokenizer"), "--input",
+            str(runs["one"] / "tokens"), "--output", str(tmp_path / "back")]
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("usage: tokenize")
+    assert json.loads(done.stdout.strip().splitlines()[-1])["counts"]["rows"] == 6000

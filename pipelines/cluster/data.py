@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines import fs
+from pipelines.columns import ROW_ID, default_columns
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
     from pipelines.config import ClusterEvalSettings
     from pipelines.runs import Run
 
-ROW_ID = "_row_id"
 FEATURES = "features"
 
 # The built-in dataset: well-separated Gaussian blobs with a known number of clusters.
@@ -158,7 +158,7 @@ def select_features(df: DataFrame, features: list[str] | None, *, source: str) -
 
     types = {f.name: f.dataType for f in df.schema.fields}
     if features is None:
-        chosen = [c for c, t in types.items() if isinstance(t, NumericType) and not c.startswith("_")]
+        chosen = default_columns((c, isinstance(t, NumericType)) for c, t in types.items())
         if not chosen:
             raise UserError(f"{source}: no numeric columns (other than _-prefixed ones) to cluster; columns: {list(types)}")
         return chosen

@@ -14,7 +14,7 @@ from pipelines.errors import UserError
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipelines.config import ClusterEvalSettings, Config
+    from pipelines.config import ClusterEvalSettings
     from pipelines.runs import Run
 
 METRICS_SCHEMA = (
@@ -52,9 +52,8 @@ def k_values(settings: ClusterEvalSettings, rows: int) -> list[int]:
     return ks
 
 
-def stage_run(spark: SparkSession, cfg: Config, run: Run) -> None:
-    """Run cluster_eval with ``cfg.cluster_eval``; fill ``run`` and write everything under its output."""
-    settings = cfg.cluster_eval
+def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
+    """Run cluster_eval with its ``settings``; fill ``run`` and write everything under its output."""
     out = settings.output
     source = settings.input or "built-in dataset"
     with run.timed("prepare"):

@@ -33,6 +33,9 @@ import polars as pl
 import pyarrow as pa
 
 from pipelines import delta, fs
+from pipelines.columns import default_columns
+from pipelines.columns import quote as _quote
+from pipelines.engine import spark_schema
 from pipelines.errors import UserError
 from pipelines.gmm.em import (
     LogDensity,
@@ -47,6 +50,8 @@ from pipelines.gmm.em import (
 from pipelines.gmm.model import ColumnModel, models_from_rows
 from pipelines.gmm.modes import build_model, fit_summary
 from pipelines.gmm.summary import (
+    PARTIAL_SCHEMA,
+    SUMMARY_SCHEMA,
     ColumnSpec,
     ColumnSummary,
     coarsen,
@@ -57,7 +62,7 @@ from pipelines.gmm.summary import (
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from pipelines.config import Config, GmmFitSettings
+    from pipelines.config import GmmFitSettings
     from pipelines.runs import Run
 
 MODELS, FIT_STATUS = "models", "fit_status"
@@ -78,11 +83,6 @@ STATUS_SCHEMA = pa.schema(
     ]
 )
 
-_PARTIAL_DDL = (
-    "column string, part string, key bigint, category string, n bigint, sq bigint, sqh2 bigint, "
-    "sqhl bigint, sql2 bigint, vmin double, vmax double"
-)
-_SUMMARY_DDL = "column string, part string, key bigint, category string, n bigint, mean double, var double, vmin double, vmax double"
 _STATS_DDL = "column string, component int, nk double, s1 double, s2 double, log_norm double, n bigint"
 _NUMERIC = {"tinyint", "smallint", "int", "bigint", "float", "double"}
 
@@ -118,14 +118,14 @@ def summarize(df: DataFrame, specs: Sequence[ColumnSpec], *, max_bins: int) -> d
     alias = {f"c{i}": spec for i, spec in enumerate(specs)}
     inner = [replace(spec, column=name) for name, spec in alias.items()]
     projected = df.select(*[F.col(_quote(spec.column)).alias(name) for name, spec in alias.items()])
-    partials = projected.mapInArrow(lambda batches: partition_partials(batches, inner), _PARTIAL_DDL)
+    partials = projected.mapInArrow(lambda batches: partition_partials(batches, inner), spark_schema(PARTIAL_SCHEMA))
     summed = partials.groupBy("column", "part", "key", "category").agg(
         *(F.sum(c).alias(c) for c in ("n", "sq", "sqh2", "sqhl", "sql2")),
         F.min("vmin").alias("vmin"),
         F.max("vmax").alias("vmax"),
     )
     coarse = summed.groupBy("column").applyInArrow(
-        lambda table: _coarsen_or_flag(table, max_bins=max_bins), _SUMMARY_DDL
+        lambda table: _coarsen_or_flag(table, max_bins=max_bins), spark_schema(SUMMARY_SCHEMA)
     )
     table = coarse.toArrow()  # bounded: <= max_bins + specials + MAX_CATEGORIES rows per column
     names = table.column("column").to_numpy(zero_copy_only=False)
@@ -157,10 +157,6 @@ class _TooMany:
 
     def error(self) -> str:
         return f"{self.n} distinct values, more than {MAX_CATEGORIES} allowed for a categorical column"
-
-
-def _quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def full_data_stats(
@@ -403,7 +399,7 @@ def plan_columns(dtypes: Sequence[tuple[str, str]], settings: GmmFitSettings) ->
         raise UserError(f"gmm_fit: column(s) {', '.join(both)} listed both as categorical and as mixed")
     requested = list(dict.fromkeys([*(settings.columns or []), *categorical, *mixed]))
     if not requested:
-        requested = [n for n, t in dtypes if not n.startswith("_") and _is_numeric(t)]
+        requested = default_columns((n, _is_numeric(t)) for n, t in dtypes)
         if not requested:
             raise UserError(f"{settings.input}: no numeric columns to fit (name them with --columns)")
     missing = [c for c in requested if c not in names]
@@ -442,9 +438,8 @@ def parse_mixed(text: str) -> dict[str, list[float]]:
     return out
 
 
-def run_gmm_fit(spark: SparkSession, cfg: Config, run: Run) -> None:
+def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
     """The ``gmm_fit`` job: fit every requested column that has not succeeded yet (see the module doc)."""
-    s = cfg.gmm_fit
     if not s.input:
         raise UserError("gmm_fit.input: required (--input TABLE)")
     if s.backend == "spark-ml" and s.mode != "mle":

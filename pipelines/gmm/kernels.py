@@ -43,9 +43,9 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
+from pipelines.columns import ROW_ID
 from pipelines.gmm.model import ColumnModel
 
-ROW_ID = "_row_id"
 STD_MULTIPLIER = 4.0  # RDT's ClusterBasedNormalizer.STD_MULTIPLIER
 CLIP = 0.99  # forward clip of the normalised value
 INVERSE_CLIP = 1.0  # RDT clips generated z to [-1, 1] before inverting

@@ -1,52 +1,47 @@
-"""The ``gmm_transform`` stage: fitted GMM normalisers applied per partition, and inverted.
+"""The ``gmm_transform`` stage: fitted GMM normalisers applied file by file, and inverted.
 
-Forward (``OUT`` = ``--output``)::
+Forward (``OUT`` = ``--output``), one pass over the input's files (:mod:`pipelines.engine`)::
 
     input (Delta/Parquet: _row_id + fitted columns)
-      -> kernels.encode per Arrow batch (Spark mapInArrow, or Polars streaming)
+      -> kernels.encode per batch
       -> OUT/transformed_values   wide or onehot, one row per _row_id
-    input -> kernels.encode_long per batch (the same rows, unpivoted)
+      -> kernels.to_long of the same batch
       -> OUT/feature_values       long, partitioned by column
 
-With ``--layout long`` only ``feature_values`` is written (encode and unpivot in one
-pass). The per-row flag columns of :func:`~pipelines.gmm.kernels.encode` (clipped,
-NaN/inf, unknown category, reconstruction error) are aggregated while the first table
-is written (Spark: ``DataFrame.observe``; Polars: per batch, in the streaming loop), then
-dropped: no extra pass for the figures and nothing collected but the figures.
+With ``--layout long`` only ``feature_values`` is written. The per-row flag columns of
+:func:`~pipelines.gmm.kernels.encode` (clipped, NaN/inf, unknown category,
+reconstruction error) are folded into the run's figures by the same tasks (a
+:class:`~pipelines.engine.Reducer`), then dropped: no extra pass for the figures and
+nothing collected but the figures.
 
 Inverse (``BACK`` = ``--output``, input = a ``transformed_values`` table, its layout
 detected from its columns): ``kernels.decode`` per batch -> ``BACK/inverted_values``.
 
-The same kernels run on both engines (:mod:`pipelines.partitions`) and the uniforms are
-keyed by ``(seed, column, _row_id)``, so outputs are identical whatever the engine or
-the partitioning. ``python -m pipelines.gmm.transform --engine polars ...`` runs the
-Polars engine without starting Spark.
+The engine (``spark`` or ``local``) only schedules the tasks: the kernels, units and
+written rows are the same, and the uniforms are keyed by ``(seed, column, _row_id)``,
+so outputs are identical whatever the engine or the number of input files.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import sys
-import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-import polars as pl
 import pyarrow as pa
 
 from pipelines import delta, fs
+from pipelines.engine import Engine, Reducer, Sink, arrow_schema, record
 from pipelines.errors import UserError
 from pipelines.gmm import kernels
 from pipelines.gmm.kernels import ROW_ID, ColumnPlan, Stat
 from pipelines.gmm.model import models_from_rows
-from pipelines.partitions import polars_map, spark_map
-from pipelines.runs import JobArgumentParser, Run, add_config_flag
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
-    from pipelines.config import Config, GmmTransformSettings
+    from pipelines.config import GmmTransformSettings
+    from pipelines.runs import Run
 
 JOB = "gmm_transform"
 FEATURE_VALUES = "feature_values"
@@ -135,61 +130,15 @@ def _detect_layout(schema: pa.Schema, plans: Sequence[ColumnPlan], path: str) ->
     return layout
 
 
-# --------------------------------------------------------------------------- schemas
-
-
-def _arrow(schema: Mapping[str, pl.DataType]) -> pa.Schema:
-    return pl.DataFrame(schema=dict(schema)).to_arrow(compat_level=pl.CompatLevel.oldest()).schema
-
-
-def _spark_schema(schema: Mapping[str, pl.DataType]):
-    from pyspark.sql.pandas.types import from_arrow_schema
-
-    return from_arrow_schema(_arrow(schema))
-
-
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 # --------------------------------------------------------------------------- figures
 
 
-class _PolarsStats:
-    """Accumulates :class:`~pipelines.gmm.kernels.Stat` figures batch by batch (Polars engine)."""
-
-    def __init__(self, stats: Sequence[Stat]) -> None:
-        self.stats = list(stats)
-        self.rows = 0
-        self.values: dict[str, Any] = {}
-
-    def add(self, frame: pl.DataFrame) -> None:
-        self.rows += frame.height
-        self.values = kernels.combine_stats(self.stats, self.values, kernels.aggregate_stats(frame, self.stats))
-
-    def result(self) -> tuple[int, dict[str, Any]]:
-        return self.rows, self.values
-
-
-def _observe(df: DataFrame, stats: Sequence[Stat]):
-    """Attach the figures to ``df`` as observed metrics: computed while the data is written."""
-    from pyspark.sql import Observation
-    from pyspark.sql import functions as F
-
-    exprs = [F.count(F.lit(1)).alias("rows")]
-    for i, s in enumerate(stats):
-        col = F.col(_quoted(s.source))
-        if s.unless is not None:
-            col = F.when(~F.col(_quoted(s.unless)), col)
-        exprs.append((F.sum(col.cast("long")) if s.op == "sum" else F.max(col)).alias(str(i)))
-    observation = Observation(JOB)
-    observed = df.observe(observation, *exprs)
-
-    def result() -> tuple[int, dict[str, Any]]:
-        values = dict(observation.get)
-        return int(values.pop("rows") or 0), values
-
-    return observed, result
+def _stats_reducer(stats: Sequence[Stat]) -> Reducer:
+    """The run's figures (:class:`~pipelines.gmm.kernels.Stat`), folded over the kernel's output."""
+    return Reducer(
+        partial=functools.partial(kernels.aggregate_stats, stats=stats),
+        merge=functools.partial(kernels.combine_stats, stats),
+    )
 
 
 def _report(run: Run, stats: Sequence[Stat], rows: int, values: Mapping[str, Any], *, totals: Mapping[str, str]) -> None:
@@ -220,7 +169,7 @@ def _report(run: Run, stats: Sequence[Stat], rows: int, values: Mapping[str, Any
 
 
 def transform(
-    spark: SparkSession | None,
+    engine: Engine,
     run: Run,
     *,
     fit_dir: str,
@@ -228,20 +177,18 @@ def transform(
     output: str,
     layout: str = "wide",
     seed: int = 42,
-    engine: str = "spark",
 ) -> None:
     """Transform ``input_path`` with the fit in ``fit_dir`` into ``output`` (see the module docstring).
 
     Parameters
     ----------
-    spark : SparkSession or None
-        Needed for ``engine="spark"`` only.
+    engine : Engine
+        Runs the kernel over the input's files (:mod:`pipelines.engine`).
     run : Run
         Receives counts, figures, outputs and timings.
     fit_dir, input_path, output : str
     layout : {"wide", "onehot", "long"}
     seed : int
-    engine : {"spark", "polars"}
     """
     with run.timed("load_fit"):
         plans = load_plans(fit_dir)
@@ -249,91 +196,40 @@ def transform(
     encode_layout: kernels.Layout = "onehot" if layout == "onehot" else "wide"
     try:
         model_schema = kernels.encoded_schema(plans, layout=encode_layout)
-        full_schema = kernels.encode_schema(plans, layout=encode_layout)
     except ValueError as exc:
         raise UserError(f"{fit_dir}: {exc}") from None
     stats = kernels.encode_stats(plans)
-    encode = functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout)
-    to_long = functools.partial(kernels.to_long, plans=plans, layout=encode_layout)
-    # feature_values is recomputed from the narrow input rather than read back from the
-    # wide/one-hot table: same rows (the sampling is keyed by _row_id), less I/O.
-    encode_long = functools.partial(kernels.encode_long, plans=plans, seed=seed)
     tv_path, fv_path = fs.join(output, TRANSFORMED_VALUES), fs.join(output, FEATURE_VALUES)
-    columns = [ROW_ID, *(p.column for p in plans)]
-    run.progress(f"{len(plans)} fitted column(s): {', '.join(p.column for p in plans)}; layout {layout}; engine {engine}")
-
-    if engine == "polars":
-        acc = _PolarsStats(stats)
-
-        def encode_and_count(batch: pl.DataFrame) -> pl.DataFrame:
-            out = encode(batch)
-            acc.add(out)
-            return out
-
-        if layout == "long":
-            with run.timed("transform"):
-                polars_map(input_path, lambda b: to_long(encode_and_count(b)), fv_path,
-                           partition_by=["column"], columns=columns, schema=_arrow(kernels.LONG_SCHEMA))
-        else:
-            with run.timed("transform"):
-                polars_map(input_path, lambda b: encode_and_count(b).select(list(model_schema)), tv_path,
-                           columns=columns, schema=_arrow(model_schema))
-            with run.timed("feature_values"):
-                polars_map(input_path, encode_long, fv_path, partition_by=["column"], columns=columns,
-                           schema=_arrow(kernels.LONG_SCHEMA))
-        rows, values = acc.result()
-    else:
-        source = _read_spark(spark, input_path).select(*[_quoted(c) for c in columns])
-        wide = spark_map(source, encode, _spark_schema(full_schema))
-        wide, figures = _observe(wide, stats)
-        long_schema = _spark_schema(kernels.LONG_SCHEMA)
-        if layout == "long":
-            with run.timed("transform"):
-                delta.write_table(spark_map(wide, to_long, long_schema), fv_path, mode="overwrite", partition_by=["column"])
-        else:
-            with run.timed("transform"):
-                delta.write_table(wide.select(*[_quoted(c) for c in model_schema]), tv_path, mode="overwrite")
-            with run.timed("feature_values"):
-                delta.write_table(spark_map(source, encode_long, long_schema), fv_path, mode="overwrite", partition_by=["column"])
-        rows, values = figures()
-
+    # One pass writes both tables: each batch is encoded once, then projected to the
+    # model-ready layout and unpivoted to the long rows.
+    sinks = [Sink(fv_path, arrow_schema(kernels.LONG_SCHEMA), ("column",),
+                  functools.partial(kernels.to_long, plans=plans, layout=encode_layout))]
     if layout != "long":
-        run.outputs[TRANSFORMED_VALUES] = tv_path
-    run.outputs[FEATURE_VALUES] = fv_path
+        sinks.insert(0, Sink(tv_path, arrow_schema(model_schema)))
+    run.progress(f"{len(plans)} fitted column(s): {', '.join(p.column for p in plans)}; layout {layout}; engine {engine.name}")
+    with run.timed("transform"):
+        result = engine.map(input_path, functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout),
+                            sinks, columns=[ROW_ID, *(p.column for p in plans)], reducer=_stats_reducer(stats))
+    record(run.details, "transform", engine, result)
+    for sink in sinks:
+        run.outputs[TRANSFORMED_VALUES if sink.path == tv_path else FEATURE_VALUES] = sink.path
     run.details["layout"] = layout
-    _report(run, stats, rows, values, totals={
+    _report(run, stats, result.rows, result.partial or {}, totals={
         "clipped": "clipped", "unknown_categories": "unknown", "null_or_nonfinite": "null_or_nonfinite",
         "nonfinite": "nonfinite", "categorical_nulls": "null"})
-
-
-def _read_spark(spark: SparkSession, path: str) -> DataFrame:
-    if delta.table_exists(path):
-        return delta.read_table(spark, path)
-    _input_schema(path)  # raises a UserError for a missing or unreadable path
-    return spark.read.parquet(path)
 
 
 # --------------------------------------------------------------------------- inverse
 
 
-def inverse(
-    spark: SparkSession | None,
-    run: Run,
-    *,
-    fit_dir: str,
-    input_path: str,
-    output: str,
-    engine: str = "spark",
-) -> None:
+def inverse(engine: Engine, run: Run, *, fit_dir: str, input_path: str, output: str) -> None:
     """Invert a ``transformed_values`` table (wide or onehot, detected) into ``output/inverted_values``.
 
     Parameters
     ----------
-    spark : SparkSession or None
-        Needed for ``engine="spark"`` only.
+    engine : Engine
     run : Run
     fit_dir, input_path, output : str
-    engine : {"spark", "polars"}
     """
     with run.timed("load_fit"):
         plans = load_plans(fit_dir)
@@ -345,102 +241,36 @@ def inverse(
     if ROW_ID not in schema.names:
         raise UserError(f"{input_path}: column '{ROW_ID}' is missing")
     try:
-        out_schema = kernels.decoded_schema(plans)
+        kernels.decoded_schema(plans)
     except ValueError as exc:
         raise UserError(f"{fit_dir}: {exc}") from None
-    values_schema = kernels.decoded_schema(plans, flags=False)
     stats = kernels.decode_stats(plans)
-    decode = functools.partial(kernels.decode, plans=plans, layout=layout)
-    columns = list(kernels.encoded_schema(plans, layout=layout))
     path = fs.join(output, INVERTED_VALUES)
-    run.progress(f"inverse of {len(plans)} column(s), {layout} layout, engine {engine}")
-
+    run.progress(f"inverse of {len(plans)} column(s), {layout} layout, engine {engine.name}")
     with run.timed("inverse"):
-        if engine == "polars":
-            acc = _PolarsStats(stats)
-
-            def decode_and_count(batch: pl.DataFrame) -> pl.DataFrame:
-                out = decode(batch)
-                acc.add(out)
-                return out.select(list(values_schema))
-
-            polars_map(input_path, decode_and_count, path, columns=columns, schema=_arrow(values_schema))
-            rows, values = acc.result()
-        else:
-            source = _read_spark(spark, input_path).select(*[_quoted(c) for c in columns])
-            back, figures = _observe(spark_map(source, decode, _spark_schema(out_schema)), stats)
-            delta.write_table(back.select(*[_quoted(c) for c in values_schema]), path, mode="overwrite")
-            rows, values = figures()
+        result = engine.map(input_path, functools.partial(kernels.decode, plans=plans, layout=layout),
+                            [Sink(path, arrow_schema(kernels.decoded_schema(plans, flags=False)))],
+                            columns=list(kernels.encoded_schema(plans, layout=layout)), reducer=_stats_reducer(stats))
+    record(run.details, "inverse", engine, result)
     run.outputs[INVERTED_VALUES] = path
     run.details["layout"] = layout
-    _report(run, stats, rows, values, totals={"clipped": "clipped", "unknown_categories": "unknown"})
+    _report(run, stats, result.rows, result.partial or {}, totals={"clipped": "clipped", "unknown_categories": "unknown"})
 
 
-# --------------------------------------------------------------------------- entry points
+# --------------------------------------------------------------------------- the stage
 
 
-def run_stage(spark: SparkSession | None, cfg: Config, run: Run) -> None:
-    """The job's stage: forward or inverse per ``cfg.gmm_transform``."""
-    s: GmmTransformSettings = cfg.gmm_transform
-    if not s.input:
+def needs_spark(settings: GmmTransformSettings, engine: str) -> bool:
+    """Spark only schedules the kernels here: it is needed for the ``spark`` engine alone."""
+    return engine == "spark"
+
+
+def run(spark: SparkSession | None, settings: GmmTransformSettings, run: Run) -> None:
+    """The ``gmm_transform`` stage: forward or inverse per ``settings``, on ``run.engine``."""
+    if not settings.input:
         raise UserError("gmm_transform.input: no input table given (--input)")
-    if s.engine == "spark" and spark is None:
-        raise UserError("gmm_transform.engine: 'spark' needs a SparkSession; use --engine polars")
-    if s.inverse:
-        inverse(spark, run, fit_dir=s.fit_dir, input_path=s.input, output=s.output, engine=s.engine)
+    if settings.inverse:
+        inverse(run.engine, run, fit_dir=settings.fit_dir, input_path=settings.input, output=settings.output)
     else:
-        transform(spark, run, fit_dir=s.fit_dir, input_path=s.input, output=s.output,
-                  layout=s.layout, seed=s.seed, engine=s.engine)
-
-
-def build_parser(prog: str) -> JobArgumentParser:
-    """Flags of ``gmm_transform``; each ``dest`` is a key of the ``gmm_transform`` config section."""
-    parser = JobArgumentParser(prog=prog, description="Apply (or invert) fitted GMM normalisers, partition by partition.")
-    parser.add_argument("--fit-dir", dest="fit_dir", metavar="DIR", help="a gmm_fit output (holds DIR/models)")
-    parser.add_argument("--input", metavar="TABLE", help="Delta table or Parquet: bronze rows, or with --inverse a transformed_values table")
-    parser.add_argument("--output", metavar="DIR", help="receives feature_values/transformed_values (or inverted_values) and _runs/")
-    parser.add_argument("--layout", choices=["long", "wide", "onehot"], help="transformed_values layout (default wide; long writes only feature_values); "
-                        "with --inverse the layout is detected from the input")
-    parser.add_argument("--seed", type=int, help="seed of the per-row mode sampling (default 42)")
-    parser.add_argument("--inverse", action="store_true", default=None, help="invert a transformed_values table")
-    parser.add_argument("--engine", choices=["spark", "polars"], help="spark (default) or polars (no Spark)")
-    add_config_flag(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipelines.gmm.transform") -> int:
-    """The ``gmm_transform`` job; with ``--engine polars`` it never starts Spark.
-
-    Returns the exit code; the last stdout line is the run summary (as for every job).
-    """
-    from pipelines.runs import execute
-
-    parser = build_parser(prog)
-    args = parser.parse_args(argv)
-    if (args.engine or "spark") == "spark":
-        return execute(JOB, parser, argv, run_stage)
-    from pipelines.config import load_config
-
-    run: Run | None = None
-    try:
-        flags = {k: v for k, v in vars(args).items() if k != "config"}
-        cfg = load_config(args.config, overrides={JOB: flags})
-        run = Run(job=JOB, output=cfg.gmm_transform.output, params=cfg.gmm_transform.model_dump())
-        run_stage(None, cfg, run)
-        run.status, code = "succeeded", 0
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if run is None:
-            return UserError.exit_code
-        run.status, run.error, code = "failed", str(exc), UserError.exit_code
-    except Exception as exc:  # a bug: keep the traceback, still record the run (as runs.execute does)
-        traceback.print_exc()
-        if run is None:
-            return 1
-        run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
-    print(json.dumps(run.write_summary(), default=str), flush=True)
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        transform(run.engine, run, fit_dir=settings.fit_dir, input_path=settings.input, output=settings.output,
+                  layout=settings.layout, seed=settings.seed)

@@ -6,6 +6,6 @@ See :mod:`pipelines.ingest.stage` for the flow and the row-id scheme,
 """
 
 from pipelines.ingest.names import safe_names
-from pipelines.ingest.stage import run_ingest
+from pipelines.ingest.stage import run
 
-__all__ = ["run_ingest", "safe_names"]
+__all__ = ["run", "safe_names"]

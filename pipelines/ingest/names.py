@@ -12,8 +12,9 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from pipelines.columns import ROW_ID
+
 # Bronze metadata columns; a sanitised source name never starts with "_", so it cannot clash.
-ROW_ID = "_row_id"
 SOURCE_FILE = "_source_file"
 INGESTED_AT = "_ingested_at"
 METADATA_COLUMNS = (ROW_ID, SOURCE_FILE, INGESTED_AT)

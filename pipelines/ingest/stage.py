@@ -55,6 +55,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import delta, fs
+from pipelines.columns import quote as _quote
 from pipelines.errors import UserError
 from pipelines.ingest import names as N
 from pipelines.ingest import schema as S
@@ -63,7 +64,7 @@ from pipelines.ingest import sources as src
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from pipelines.config import Config, IngestSettings
+    from pipelines.config import IngestSettings
     from pipelines.runs import Run
 
 SPLIT_BYTES = 128 * 1024 * 1024
@@ -112,14 +113,14 @@ class Columns:
         return [{"original": o, "safe": s} for o, s in zip(self.original, self.safe, strict=True)]
 
 
-def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
-    """Ingest ``cfg.ingest.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
+def run(spark: SparkSession, s: IngestSettings, run: Run) -> None:
+    """Ingest ``s.source`` into ``<output>/bronze`` and ``<output>/quarantine``.
 
     Parameters
     ----------
     spark : SparkSession
-    cfg : Config
-        Uses the ``ingest`` section (source, format, output, schema_file, mode, force, ...).
+    s : IngestSettings
+        The ``ingest`` section (source, format, output, schema_file, mode, force, ...).
     run : Run
         Filled with counts (rows_read / rows_written / rows_quarantined, files),
         outputs, timings and details (schema, column mapping, special values per column).
@@ -131,7 +132,6 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
         the files, a schema file that does not parse, files already ingested (append
         without ``force``), or an append whose columns do not match the bronze table.
     """
-    s = cfg.ingest
     if not s.source:
         raise UserError("--source: required (or ingest.source in the config)")
     if not s.format:
@@ -278,10 +278,6 @@ def _read_raw(spark: SparkSession, s: IngestSettings, files: list[src.SourceFile
     if schema_fields is not None:
         _apply_schema_file(cols, schema_fields, s)
     return df.select(*renamed, *meta), cols
-
-
-def _quote(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
 
 
 def _read_csv(

@@ -1,9 +1,8 @@
 """Tokenising kernels: numpy/Polars only, no Spark.
 
 Everything here is row-local (an output row depends only on its own input row), so
-the kernels give the same result whether Spark calls them per Arrow batch
-(:func:`pipelines.partitions.spark_map`) or Polars streams a table through them
-(:func:`pipelines.partitions.polars_map`), and whatever the partitioning.
+the kernels give the same result whichever scheduler of :mod:`pipelines.engine` runs
+them over a table's files, and whatever the files or batches.
 
 Bins
 ----
@@ -65,7 +64,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-ROW_ID = "_row_id"
+from pipelines.columns import ROW_ID
 
 #: Reserved token offsets from ``n_bins`` (see the module docstring).
 RESERVED = ("null", "nan", "neg_inf", "pos_inf")

@@ -36,19 +36,21 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from pipelines import delta, fs
+from pipelines.columns import ROW_ID, quote
+from pipelines.columns import default_columns as _default_columns
+from pipelines.engine import Engine, Reducer, Sink, arrow_schema, record
 from pipelines.errors import UserError
-from pipelines.partitions import polars_map, spark_map
 from pipelines.tokenize import kernels as K
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-    from pipelines.config import Config, TokenizeSettings
+    from pipelines.config import TokenizeSettings
     from pipelines.runs import Run
 
-ROW_ID = K.ROW_ID
 TOKENIZER_SCHEMA = pl.Schema(
     {
         "column": pl.String,
@@ -64,11 +66,15 @@ TOKENIZER_SCHEMA = pl.Schema(
 _INF = float("inf")
 
 
-def run(spark: SparkSession, cfg: Config, run: Run) -> None:
+def needs_spark(settings: TokenizeSettings, engine: str) -> bool:
+    """The edges are fitted in Spark; detokenising needs it only for the ``spark`` engine."""
+    return not settings.detokenize or engine == "spark"
+
+
+def run(spark: SparkSession | None, settings: TokenizeSettings, run: Run) -> None:
     """The ``tokenize`` job: tokenise (fit + tokens) or, with ``detokenize``, map tokens back."""
-    settings = cfg.tokenize
     if settings.detokenize:
-        _run_detokenize(spark, settings, run)
+        _run_detokenize(run.engine, settings, run)
     else:
         _run_tokenize(spark, settings, run)
 
@@ -76,25 +82,23 @@ def run(spark: SparkSession, cfg: Config, run: Run) -> None:
 # --------------------------------------------------------------------------- helpers
 
 
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def _finite(name: str) -> Column:
     """The column as double, null where it is null, NaN or +-inf (NaN compares above inf in Spark)."""
     from pyspark.sql import functions as F
 
-    x = F.col(_quoted(name)).cast("double")
+    x = F.col(quote(name)).cast("double")
     return F.when(F.abs(x) < F.lit(_INF), x)
 
 
-def _check_columns(df: DataFrame, columns: Sequence[str], where: str) -> None:
-    from pyspark.sql.types import NumericType
+def _is_numeric(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
 
+
+def _check_columns(schema: pa.Schema, columns: Sequence[str], where: str) -> None:
     if len(set(columns)) != len(columns):
         dup = sorted({c for c in columns if list(columns).count(c) > 1})
         raise UserError(f"--columns: duplicate column(s) {dup}")
-    fields = {f.name: f.dataType for f in df.schema.fields}
+    fields = {f.name: f.type for f in schema}
     if ROW_ID not in fields:
         raise UserError(f"{where}: no {ROW_ID} column (tables from the ingest job have one)")
     for name in columns:
@@ -103,31 +107,18 @@ def _check_columns(df: DataFrame, columns: Sequence[str], where: str) -> None:
         if name not in fields:
             known = ", ".join(n for n in fields if n != ROW_ID)
             raise UserError(f"{where}: unknown column '{name}' (columns: {known})")
-        if not isinstance(fields[name], NumericType):
-            raise UserError(f"{where}: column '{name}' is {fields[name].simpleString()}, not numeric")
+        if not _is_numeric(fields[name]):
+            raise UserError(f"{where}: column '{name}' is {fields[name]}, not numeric")
 
 
-def default_columns(df: DataFrame) -> tuple[list[str], list[str]]:
+def default_columns(schema: pa.Schema) -> tuple[list[str], list[str]]:
     """Every numeric column not starting with ``_`` (row id and ingest metadata), and the others."""
-    from pyspark.sql.types import NumericType
-
-    data = [f for f in df.schema.fields if not f.name.startswith("_")]
-    numeric = [f.name for f in data if isinstance(f.dataType, NumericType)]
-    return numeric, [f.name for f in data if f.name not in numeric]
+    numeric = _default_columns((f.name, _is_numeric(f.type)) for f in schema)
+    return numeric, [f.name for f in schema if not f.name.startswith("_") and f.name not in numeric]
 
 
-def _spark_type(dtype: pl.DataType):
-    from pyspark.sql.types import ByteType, DoubleType, IntegerType, LongType, ShortType
-
-    return {pl.Int8: ByteType(), pl.Int16: ShortType(), pl.Int32: IntegerType(), pl.Int64: LongType(), pl.Float64: DoubleType()}[
-        dtype
-    ]
-
-
-def _output_schema(columns: Sequence[str], dtype: pl.DataType):
-    from pyspark.sql.types import LongType, StructField, StructType
-
-    return StructType([StructField(ROW_ID, LongType(), False)] + [StructField(c, _spark_type(dtype)) for c in columns])
+def _tokens_schema(columns: Sequence[str], dtype: pl.DataType) -> pa.Schema:
+    return arrow_schema({ROW_ID: pl.Int64, **{c: dtype for c in columns}})
 
 
 # --------------------------------------------------------------------------- fitting
@@ -211,13 +202,23 @@ def fit_edges(
     return bins, info
 
 
-def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str, dict[str, np.ndarray]]:
-    """Per-bin statistics in one Spark pass, given the edges.
+def _merge_partials(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+    """Two :func:`~pipelines.tokenize.kernels.fit_partial_kernel` results added up per (column, token, flag)."""
+    return (
+        pl.concat([a, b]).group_by("col", "token", "oor", maintain_order=True)
+        .agg(pl.col("n").sum(), pl.col("fixed").sum(), pl.col("s").sum(), pl.col("ss").sum())
+    )
+
+
+def fit_bin_statistics(engine: Engine, source: str, bins: Sequence[K.ColumnBins]) -> dict[str, dict[str, np.ndarray]]:
+    """Per-bin statistics in one pass over ``source``'s files, given the edges.
 
     Parameters
     ----------
-    df : pyspark.sql.DataFrame
-        Holds the columns of ``bins``.
+    engine : Engine
+        Runs the pass (a reduce of :func:`~pipelines.tokenize.kernels.fit_partial_kernel`).
+    source : str
+        The table; holds the columns of ``bins``.
     bins : list of ColumnBins
 
     Returns
@@ -226,28 +227,16 @@ def fit_bin_statistics(df: DataFrame, bins: Sequence[K.ColumnBins]) -> dict[str,
         ``count``, ``sum_diff``, ``sum_sq_diff`` of shape (n_bins,) (finite values;
         offsets in their bin, see :func:`~pipelines.tokenize.kernels.fit_stats_kernel`;
         ``sum_diff`` of in-range values is summed exactly, so it does not depend on the
-        partitioning); ``reserved`` of shape (4,) (tokens for null,
-        NaN, -inf, +inf); ``below`` and ``above`` (out-of-range counts, shape (1,)).
+        files); ``reserved`` of shape (4,) (tokens for null, NaN, -inf, +inf);
+        ``below`` and ``above`` (out-of-range counts, shape (1,)).
     """
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import ByteType, DoubleType, IntegerType, LongType, StructField, StructType
-
-    schema = StructType([
-        StructField("col", IntegerType()), StructField("token", IntegerType()), StructField("oor", ByteType()),
-        StructField("n", LongType()), StructField("fixed", LongType()),
-        StructField("s", DoubleType()), StructField("ss", DoubleType()),
-    ])
-    # Each Arrow batch is reduced to its per-(column, token, flag) sums in the Python
-    # worker (fit_partial_kernel); Spark adds those up. In-range offsets are summed
-    # exactly in fixed point (64-bit integer sums do not depend on the order of the rows,
-    # so neither do the bin means); the unbounded offsets of out-of-range values
-    # (uniform method) as doubles.
-    partial = spark_map(df.select(*[_quoted(b.column) for b in bins]), K.fit_partial_kernel(bins), schema)
-    rows = (
-        partial.groupBy("col", "token", "oor")
-        .agg(*[F.sum(c).alias(c) for c in ("n", "fixed", "s", "ss")])
-        .collect()  # at most columns x (bins + 4) x 3 rows
-    )
+    # Each batch is reduced to its per-(column, token, flag) sums in its task; the driver
+    # adds up the units' sums. In-range offsets are summed exactly in fixed point (64-bit
+    # integer sums do not depend on the order of the rows, so neither do the bin means);
+    # the unbounded offsets of out-of-range values (uniform method) as doubles.
+    result = engine.reduce(source, Reducer(K.fit_partial_kernel(bins), _merge_partials),
+                           columns=[b.column for b in bins])
+    rows = result.partial.to_dicts() if result.partial is not None else []  # at most columns x (bins + 4) x 3 rows
     out = {
         b.column: {
             "count": np.zeros(b.n_bins, np.int64),
@@ -363,60 +352,31 @@ def read_tokenizer(path: str, columns: Sequence[str] | None = None, *, spark: Sp
 # --------------------------------------------------------------------------- applying
 
 
-def tokenize(df: DataFrame, bins: Sequence[K.ColumnBins], *, dtype: pl.DataType) -> DataFrame:
-    """``_row_id`` + one token column per column of ``bins``, per partition (lazy)."""
-    names = [b.column for b in bins]
-    return spark_map(
-        df.select(*[_quoted(c) for c in (ROW_ID, *names)]), K.tokenize_kernel(bins, dtype=dtype), _output_schema(names, dtype)
-    )
-
-
-def detokenize(df: DataFrame, bins: Sequence[K.ColumnBins], *, value: Literal["mean", "centre"] = "mean") -> DataFrame:
-    """``_row_id`` + one Float64 column per column of ``bins``, per partition (lazy)."""
-    names = [b.column for b in bins]
-    return spark_map(
-        df.select(*[_quoted(c) for c in (ROW_ID, *names)]),
-        K.detokenize_kernel(bins, value=value),
-        _output_schema(names, pl.Float64),
-    )
-
-
-def _token_conditions(token, is_null, n_bins: int) -> dict[str, Any]:
-    """Conditions per token class; ``token`` is a Spark Column or a Polars Expr (same operators)."""
+def _token_conditions(token: pl.Expr, n_bins: int) -> dict[str, pl.Expr]:
+    """Conditions per token class."""
     conditions = {name: token == n_bins + offset for offset, name in enumerate(K.RESERVED)}
-    conditions["invalid"] = is_null | (token < 0) | (token >= n_bins + len(K.RESERVED))
+    conditions["invalid"] = token.is_null() | (token < 0) | (token >= n_bins + len(K.RESERVED))
     return conditions
 
 
-def count_token_classes_spark(df: DataFrame, bins: Sequence[K.ColumnBins]) -> tuple[int, dict[str, dict[str, int]]]:
-    """Rows, and reserved and invalid token counts per column, in one Spark aggregation."""
-    from pyspark.sql import functions as F
+def token_classes(bins: Sequence[K.ColumnBins]) -> Reducer:
+    """Reserved and invalid token counts per column, as a :class:`~pipelines.engine.Reducer` over token rows."""
+    exprs = [cond.sum().alias(f"{b.column}\0{name}") for b in bins
+             for name, cond in _token_conditions(pl.col(b.column), b.n_bins).items()]
 
-    aggs, keys = [F.count(F.lit(1)).alias("rows")], []
-    for i, b in enumerate(bins):
-        t = F.col(_quoted(b.column))
-        for name, cond in _token_conditions(t, t.isNull(), b.n_bins).items():
-            aggs.append(F.count_if(cond).alias(f"c{i}_{name}"))
-            keys.append((b.column, name, f"c{i}_{name}"))
-    row = df.agg(*aggs).first()
-    return int(row["rows"]), _nest((col, name, int(row[alias])) for col, name, alias in keys)
+    def partial(frame: pl.DataFrame) -> dict[str, int]:
+        return {k: int(v or 0) for k, v in frame.select(exprs).row(0, named=True).items()}
 
+    def merge(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+        return {k: a[k] + b[k] for k in a}
 
-def count_token_classes_polars(path: str, bins: Sequence[K.ColumnBins]) -> tuple[int, dict[str, dict[str, int]]]:
-    """Rows, and reserved and invalid token counts per column, in one streaming Polars scan (no Spark)."""
-    exprs, keys = [pl.len().alias("rows")], []
-    for i, b in enumerate(bins):
-        t = pl.col(b.column)
-        for name, cond in _token_conditions(t, t.is_null(), b.n_bins).items():
-            exprs.append(cond.sum().alias(f"c{i}_{name}"))
-            keys.append((b.column, name, f"c{i}_{name}"))
-    row = delta.scan_table(path).select(exprs).collect(engine="streaming").row(0, named=True)
-    return int(row["rows"]), _nest((col, name, int(row[alias] or 0)) for col, name, alias in keys)
+    return Reducer(partial, merge)
 
 
-def _nest(items) -> dict[str, dict[str, int]]:
+def _nest(counts: Mapping[str, int]) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for col, name, value in items:
+    for key, value in counts.items():
+        col, name = key.split("\0")
         out.setdefault(col, {})[name] = value
     return out
 
@@ -432,34 +392,35 @@ def _require(value: Any, flag: str) -> Any:
 
 def _run_tokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     source = _require(s.input, "--input")
-    df = delta.read_table(spark, source)
+    engine = run.engine
+    schema = delta.table_schema(source)
     columns = s.columns
     if columns is None:
-        columns, skipped = default_columns(df)
+        columns, skipped = default_columns(schema)
         if not columns:
             raise UserError(f"{source}: no numeric column to tokenise (pass --columns)")
         run.progress(f"no --columns: tokenising every numeric column {columns}")
         if skipped:
             run.warn(f"no --columns: non-numeric columns not tokenised: {skipped}")
         run.details["default_columns"] = columns
-    _check_columns(df, columns, source)
+    _check_columns(schema, columns, source)
     dtype = K.token_dtype(s.bins)
     tokenizer_path, tokens_path = fs.join(s.output, "tokenizer"), fs.join(s.output, "tokens")
 
     with run.timed("fit_edges"):
         run.progress(f"fitting {s.method} edges of {len(columns)} column(s), {s.bins} bins")
+        df = delta.read_table(spark, source)
         bins, info = fit_edges(df, columns, n_bins=s.bins, method=s.method, relative_error=s.relative_error)
     with run.timed("fit_bins"):
-        stats = fit_bin_statistics(df, bins)
+        stats = fit_bin_statistics(engine, source, bins)
         bins = with_means(bins, stats)
         table = tokenizer_table(bins, stats, method=s.method).to_arrow(compat_level=pl.CompatLevel.oldest())
         delta.write_table(spark.createDataFrame(table), tokenizer_path, mode="overwrite")
     with run.timed("tokenize"):
-        run.progress(f"writing tokens with engine={s.engine}")
-        if s.engine == "spark":
-            delta.write_table(tokenize(df, bins, dtype=dtype), tokens_path, mode="overwrite")
-        else:
-            polars_map(source, K.tokenize_kernel(bins, dtype=dtype), tokens_path, columns=[ROW_ID, *columns])
+        run.progress(f"writing tokens with engine={engine.name}")
+        result = engine.map(source, K.tokenize_kernel(bins, dtype=dtype), [Sink(tokens_path, _tokens_schema(columns, dtype))],
+                            columns=[ROW_ID, *columns])
+    record(run.details, "tokenize", engine, result)
 
     per_column: dict[str, dict[str, Any]] = {}
     for b in bins:
@@ -496,36 +457,27 @@ def _run_tokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     )
 
 
-def _run_detokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
+def _run_detokenize(engine: Engine, s: TokenizeSettings, run: Run) -> None:
     tokenizer_path = _require(s.tokenizer, "--tokenizer")
     source = _require(s.input, "--input")
     out_path = fs.join(s.output, "detokenized")
-    bins = read_tokenizer(tokenizer_path, s.columns, spark=spark if s.engine == "spark" else None)
+    bins = read_tokenizer(tokenizer_path, s.columns, spark=engine.spark)
     names = [b.column for b in bins]
-    if s.engine == "spark":
-        df = delta.read_table(spark, source)
-        types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
-        integer = {"tinyint", "smallint", "int", "bigint"}
-    else:
-        types = {f.name: str(f.type) for f in delta.table_schema(source)}
-        integer = {"int8", "int16", "int32", "int64"}
+    types = {f.name: f.type for f in delta.table_schema(source)}
     for name in (ROW_ID, *names):
         if name not in types:
             raise UserError(f"{source}: no column '{name}' (the tokens table must hold {ROW_ID} and the tokenizer's columns)")
-        if name != ROW_ID and types[name] not in integer:
+        if name != ROW_ID and not pa.types.is_integer(types[name]):
             raise UserError(f"{source}: column '{name}' is {types[name]}, not integer tokens")
 
     with run.timed("detokenize"):
-        run.progress(f"detokenising {len(names)} column(s) to bin {s.value}s with engine={s.engine}")
-        if s.engine == "spark":
-            delta.write_table(detokenize(df, bins, value=s.value), out_path, mode="overwrite")
-        else:
-            polars_map(source, K.detokenize_kernel(bins, value=s.value), out_path, columns=[ROW_ID, *names])
-    with run.timed("count_tokens"):
-        if s.engine == "spark":
-            rows, classes = count_token_classes_spark(df, bins)
-        else:
-            rows, classes = count_token_classes_polars(source, bins)
+        run.progress(f"detokenising {len(names)} column(s) to bin {s.value}s with engine={engine.name}")
+        # One pass: the token classes are counted on the tokens, the sink gets their values.
+        values = Sink(out_path, arrow_schema({ROW_ID: pl.Int64, **{n: pl.Float64 for n in names}}),
+                      select=K.detokenize_kernel(bins, value=s.value))
+        result = engine.map(source, None, [values], columns=[ROW_ID, *names], reducer=token_classes(bins))
+    record(run.details, "detokenize", engine, result)
+    rows, classes = result.rows, _nest(result.partial or {f"{n}\0{k}": 0 for n in names for k in (*K.RESERVED, "invalid")})
 
     invalid = {c: v["invalid"] for c, v in classes.items() if v["invalid"]}
     if invalid:
@@ -539,4 +491,3 @@ def _run_detokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     )
     run.outputs.update(detokenized=out_path)
     run.details.update(columns={c: {"n_bins": b.n_bins, **classes[c]} for c, b in zip(names, bins, strict=True)})
-

@@ -1,34 +1,21 @@
 """Tokenise numeric columns into integer tokens, or map tokens back to values.
 
-    spark-submit jobs/tokenize.py --input TABLE --columns a,b --output OUT \
-        [--bins 256] [--method quantile|uniform] [--relative-error 1e-4] [--engine spark|polars]
-    spark-submit jobs/tokenize.py --detokenize --tokenizer OUT/tokenizer --input OUT/tokens \
-        --output BACK [--value mean|centre] [--engine spark|polars]
+    spark-submit jobs/tokenize_job.py --input TABLE --columns a,b --output OUT \
+        [--bins 256] [--method quantile|uniform] [--relative-error 1e-4] [--engine spark|local]
+    spark-submit jobs/tokenize_job.py --detokenize --tokenizer OUT/tokenizer --input OUT/tokens \
+        --output BACK [--value mean|centre] [--engine spark|local]
 
 Writes OUT/tokenizer and OUT/tokens (or BACK/detokenized) as Delta tables and
 OUT/_runs/<run_id>.json; the last stdout line is that summary. Config section: ``tokenize``.
+(Not ``jobs/tokenize.py``: run as a script, that name would shadow the standard library's
+``tokenize`` module for every job in this folder.)
 """
 
 from __future__ import annotations
 
-import os
-import sys
+from pipelines import tokenize
+from pipelines.runs import JobArgumentParser, add_config_flag, add_engine_flag, csv_list, execute
 
-# Run as a script (spark-submit, a Databricks spark_python_task), a job's folder is first
-# on sys.path, so this file shadows the standard library's ``tokenize`` (imported by
-# linecache/traceback) for every job in it. Drop the folder, and when a sibling job's
-# ``import tokenize`` got this file, hand that import the real module instead.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
-
-if __name__ == "tokenize":
-    import importlib
-
-    del sys.modules["tokenize"]
-    sys.modules["tokenize"] = importlib.import_module("tokenize")
-else:
-    from pipelines.runs import JobArgumentParser, add_config_flag, csv_list, execute
-    from pipelines.tokenize import run as stage_run
 
 def build_parser() -> JobArgumentParser:
     p = JobArgumentParser(prog="tokenize", description=__doc__.split("\n\n")[0])
@@ -42,12 +29,12 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--detokenize", action="store_true", default=None, help="map tokens back to values")
     p.add_argument("--tokenizer", metavar="TABLE", help="OUT/tokenizer of a tokenize run (with --detokenize)")
     p.add_argument("--value", choices=["mean", "centre"], help="detokenised value of a bin (default mean)")
-    p.add_argument("--engine", choices=["spark", "polars"], help="who runs the per-partition kernels (default spark)")
+    add_engine_flag(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    return execute("tokenize", build_parser(), argv, stage_run)
+    return execute("tokenize", build_parser(), argv, tokenize.run, needs_spark=tokenize.needs_spark)
 
 
 if __name__ == "__main__":
