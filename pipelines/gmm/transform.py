@@ -229,6 +229,7 @@ def transform(
     layout: str = "wide",
     seed: int = 42,
     engine: str = "spark",
+    sampling: kernels.Sampling = "tail-safe",
 ) -> None:
     """Transform ``input_path`` with the fit in ``fit_dir`` into ``output`` (see the module docstring).
 
@@ -242,6 +243,8 @@ def transform(
     layout : {"wide", "onehot", "long"}
     seed : int
     engine : {"spark", "polars"}
+    sampling : {"tail-safe", "rdt"}
+        See :mod:`pipelines.gmm.kernels`.
     """
     with run.timed("load_fit"):
         plans = load_plans(fit_dir)
@@ -253,11 +256,11 @@ def transform(
     except ValueError as exc:
         raise UserError(f"{fit_dir}: {exc}") from None
     stats = kernels.encode_stats(plans)
-    encode = functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout)
+    encode = functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout, sampling=sampling)
     to_long = functools.partial(kernels.to_long, plans=plans, layout=encode_layout)
     # feature_values is recomputed from the narrow input rather than read back from the
     # wide/one-hot table: same rows (the sampling is keyed by _row_id), less I/O.
-    encode_long = functools.partial(kernels.encode_long, plans=plans, seed=seed)
+    encode_long = functools.partial(kernels.encode_long, plans=plans, seed=seed, sampling=sampling)
     tv_path, fv_path = fs.join(output, TRANSFORMED_VALUES), fs.join(output, FEATURE_VALUES)
     columns = [ROW_ID, *(p.column for p in plans)]
     run.progress(f"{len(plans)} fitted column(s): {', '.join(p.column for p in plans)}; layout {layout}; engine {engine}")
@@ -301,8 +304,9 @@ def transform(
         run.outputs[TRANSFORMED_VALUES] = tv_path
     run.outputs[FEATURE_VALUES] = fv_path
     run.details["layout"] = layout
+    run.details["sampling"] = sampling
     _report(run, stats, rows, values, totals={
-        "clipped": "clipped", "unknown_categories": "unknown", "null_or_nonfinite": "null_or_nonfinite",
+        "clipped": "clipped", "resampled": "resampled", "unknown_categories": "unknown", "null_or_nonfinite": "null_or_nonfinite",
         "nonfinite": "nonfinite", "categorical_nulls": "null"})
 
 
@@ -390,7 +394,7 @@ def run_stage(spark: SparkSession | None, cfg: Config, run: Run) -> None:
         inverse(spark, run, fit_dir=s.fit_dir, input_path=s.input, output=s.output, engine=s.engine)
     else:
         transform(spark, run, fit_dir=s.fit_dir, input_path=s.input, output=s.output,
-                  layout=s.layout, seed=s.seed, engine=s.engine)
+                  layout=s.layout, seed=s.seed, engine=s.engine, sampling=s.sampling)
 
 
 def build_parser(prog: str) -> JobArgumentParser:
@@ -402,6 +406,8 @@ def build_parser(prog: str) -> JobArgumentParser:
     parser.add_argument("--layout", choices=["long", "wide", "onehot"], help="transformed_values layout (default wide; long writes only feature_values); "
                         "with --inverse the layout is detected from the input")
     parser.add_argument("--seed", type=int, help="seed of the per-row mode sampling (default 42)")
+    parser.add_argument("--sampling", choices=list(kernels.SAMPLINGS),
+                        help="tail-safe (default: re-sample a mode that would clip the row) or rdt (RDT exactly)")
     parser.add_argument("--inverse", action="store_true", default=None, help="invert a transformed_values table")
     parser.add_argument("--engine", choices=["spark", "polars"], help="spark (default) or polars (no Spark)")
     add_config_flag(parser)
