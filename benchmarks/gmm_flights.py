@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.flights import COLUMNS  # noqa: E402
 from benchmarks.flights import flights_csv  # noqa: E402
+from benchmarks.gmm_fit import mixture_from_model  # noqa: E402
 
 REL = 1e-9
 K = 10
@@ -56,12 +57,9 @@ def bronze_frame(tile: int, seed: int) -> pl.DataFrame:
 
 
 def kept_log_likelihood(model, x: np.ndarray) -> float:
-    from pipelines.gmm.em import Mixture, log_likelihood
+    from pipelines.gmm.em import log_likelihood
 
-    kept = [m for m in model.kept if m.kind == "gaussian"]
-    mix = Mixture(weights=np.array([m.weight for m in kept]), means=np.array([m.mean for m in kept]),
-                  stds=np.array([m.std for m in kept]))
-    return float(log_likelihood(x, mix).mean())
+    return float(log_likelihood(x, mixture_from_model(model)).mean())
 
 
 def round_trip(x: np.ndarray, back: np.ndarray) -> dict:

@@ -195,9 +195,10 @@ def test_spark_ml_backend_and_full_data_refinement(spark, tmp_path, capsys):
     x = x[np.isfinite(x)]
     df = delta.read_table(spark, src)
 
-    def mix(model):  # the kept mixture: what the transform uses
+    def mix(model):  # the kept mixture, renormalised: what the transform uses
         g = [m for m in model.kept if m.kind == "gaussian"]
-        return Mixture(weights=np.array([m.weight for m in g]), means=np.array([m.mean for m in g]),
+        w = np.array([m.weight for m in g])
+        return Mixture(weights=w / w.sum(), means=np.array([m.mean for m in g]),
                        stds=np.array([m.std for m in g]))
 
     ll = {name: log_likelihood(x, mix(f["amount"])).mean() for name, f in fits.items()}
@@ -220,14 +221,15 @@ def test_flights_kept_mixture_beats_sklearn_and_every_row_round_trips(spark, tmp
     frame = pl.DataFrame({"_row_id": np.arange(n, dtype=np.int64), **cols, "distance_int": raw})
     src, fit_dir, out, back = (str(tmp_path / d) for d in ("bronze", "fit", "out", "back"))
     delta.write_polars(frame, src, mode="overwrite")
-    code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, "--columns", "distance,air_time,distance_int")
-    assert code == 0
+    code, summary, err = _run(capsys, "--input", src, "--fit-dir", fit_dir, "--columns", "distance,air_time,distance_int")
+    assert code == 0, err
     models = load_models(fit_dir)
     for c in ("distance", "air_time"):
         x = cols[c]
         ref = GaussianMixture(10, init_params="kmeans", max_iter=100, random_state=0).fit(x[:, None]).score(x[:, None])
-        kept = [m for m in models[c].kept]
-        mixture = Mixture(weights=np.array([m.weight for m in kept]), means=np.array([m.mean for m in kept]),
+        kept = models[c].kept
+        w = np.array([m.weight for m in kept])
+        mixture = Mixture(weights=w / w.sum(), means=np.array([m.mean for m in kept]),
                           stds=np.array([m.std for m in kept]))
         assert log_likelihood(x, mixture).mean() >= ref - 0.01, c
         report = summary["columns"][c]

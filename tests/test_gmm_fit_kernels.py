@@ -39,7 +39,8 @@ def _multimodal(n: int, seed: int = 0) -> np.ndarray:
 
 def _kept_mixture(model) -> Mixture:
     kept = [m for m in model.kept if m.kind == "gaussian"]
-    return Mixture(weights=np.array([m.weight for m in kept]), means=np.array([m.mean for m in kept]),
+    w = np.array([m.weight for m in kept])  # renormalised: the kept mixture as the transform sees it
+    return Mixture(weights=w / w.sum(), means=np.array([m.mean for m in kept]),
                    stds=np.array([m.std for m in kept]))
 
 
