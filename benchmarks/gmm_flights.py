@@ -37,8 +37,7 @@ import polars as pl
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.flights import COLUMNS  # noqa: E402
-from benchmarks.flights import flights_csv  # noqa: E402
+from benchmarks.flights import COLUMNS, flights_csv  # noqa: E402
 from benchmarks.gmm_fit import mixture_from_model  # noqa: E402
 
 REL = 1e-9
@@ -130,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                 "clipped": f["clipped"], "resampled": f["resampled"], "inverse_reports_clipped":
                 back_run.details["columns"][c]["clipped"]}
 
+    # the figures so far, in case the slow RDT phase does not finish
+    print(f"[flights] {json.dumps(out, default=str)}", file=sys.stderr, flush=True)
     if not args.no_rdt:
         from rdt.transformers import ClusterBasedNormalizer
 

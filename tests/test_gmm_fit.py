@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 import pytest
 from pyspark.sql import types as T
-
 from sklearn.mixture import GaussianMixture
 
 from benchmarks.flights import flight_columns
@@ -23,9 +22,9 @@ from pipelines import delta
 from pipelines.gmm import fit as gmm_fit
 from pipelines.gmm.em import Mixture, log_likelihood
 from pipelines.gmm.fit import load_models, mean_log_likelihood, summarize
-from pipelines.gmm.transform import main as transform_main
 from pipelines.gmm.model import MODEL_SCHEMA
 from pipelines.gmm.summary import ColumnSpec, summarize_arrays
+from pipelines.gmm.transform import main as transform_main
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4000

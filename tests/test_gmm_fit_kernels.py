@@ -9,9 +9,9 @@ import pytest
 from sklearn import datasets
 from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 
+from benchmarks.flights import flight_columns
 from pipelines.gmm.em import Mixture, fit_mixture, log_likelihood, weighted_kmeans
 from pipelines.gmm.model import STD_FLOOR_ABS, std_floor
-from benchmarks.flights import flight_columns
 from pipelines.gmm.modes import PRUNE_TOLERANCE, build_model, fit_summary, prune, pruning_report
 from pipelines.gmm.summary import (
     PARTIAL_SCHEMA,
