@@ -13,7 +13,7 @@ Delta. Then, on the same data in the same run:
   reference) and RDT ``ClusterBasedNormalizer(max_clusters=10).fit`` (up to
   ``--reference-max-rows``; both need the column in driver memory, which is how they work).
 
-Every model's mean log-likelihood per row is evaluated over the full column with the same
+Every model's mean log-likelihood per row (ours: the kept mixture) is evaluated over the full column with the same
 distributed pass (:func:`pipelines.gmm.fit.mean_log_likelihood`). Peak RSS is sampled every
 0.2 s for the driver's Python process and, separately, its JVM. An untimed warm-up pass
 starts Spark's Python workers first (``--no-warmup`` to include that start-up).
@@ -60,10 +60,13 @@ def generate(spark, path: str, rows: int, seed: int) -> None:
 
 
 def mixture_from_model(model):
+    """The kept mixture (weights renormalised when scored): what the transform uses, so the
+    comparison with scikit-learn's 10 components is like with like."""
     from pipelines.gmm.em import Mixture
 
-    g = [m for m in model.modes if m.kind == "gaussian"]
-    return Mixture(weights=np.array([m.weight for m in g]), means=np.array([m.mean for m in g]),
+    g = [m for m in model.kept if m.kind == "gaussian"]
+    w = np.array([m.weight for m in g])
+    return Mixture(weights=w / w.sum(), means=np.array([m.mean for m in g]),
                    stds=np.array([m.std for m in g]))
 
 

@@ -1,7 +1,8 @@
 """Fit per-column GMM normalisers (continuous, categorical and mixed columns) into <fit-dir>.
 
     spark-submit jobs/gmm_fit.py --input TABLE --columns a,b [--categorical c] [--mixed 'd=0,-1;e=0']
-        --fit-dir DIR [--max-components 10] [--weight-threshold 0.005] [--mode mle|bayesian]
+        --fit-dir DIR [--max-components 10] [--weight-threshold 0.005] [--prune-tolerance 0.001]
+        [--selection bic|none] [--mode mle|bayesian]
         [--backend summary|spark-ml] [--seed N] [--only a,b] [--refine-iterations N] [--config FILE]
 
 Writes <fit-dir>/models and <fit-dir>/fit_status (Delta, partitioned by column). A re-run
@@ -25,6 +26,9 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--fit-dir", dest="fit_dir", metavar="DIR", help="where models and fit_status are written")
     p.add_argument("--max-components", dest="max_components", type=int)
     p.add_argument("--weight-threshold", dest="weight_threshold", type=float)
+    p.add_argument("--prune-tolerance", dest="prune_tolerance", type=float,
+                   help="nats/row a Gaussian under the weight threshold may cost and still be dropped")
+    p.add_argument("--selection", choices=["bic", "none"], help="BIC model selection on the summary (default bic)")
     p.add_argument("--mode", choices=["mle", "bayesian"])
     p.add_argument("--backend", choices=["summary", "spark-ml"])
     p.add_argument("--seed", type=int)

@@ -26,6 +26,8 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--layout", choices=["long", "wide", "onehot"], help="transformed_values layout (default wide; long writes only "
                    "feature_values); with --inverse the layout is detected from the input")
     p.add_argument("--seed", type=int, help="seed of the per-row mode sampling (default 42)")
+    p.add_argument("--sampling", choices=list(transform.kernels.SAMPLINGS),
+                   help="tail-safe (default: re-sample a mode that would clip the row) or rdt (RDT exactly)")
     p.add_argument("--inverse", action="store_true", default=None, help="invert a transformed_values table")
     add_engine_flag(p)
     add_config_flag(p)

@@ -103,6 +103,9 @@ class GmmFitSettings(_Section):
     fit_dir: str = "output/gmm_fit"
     max_components: int = Field(10, ge=1)
     weight_threshold: float = Field(0.005, ge=0.0, lt=1.0)
+    # a Gaussian under weight_threshold is dropped only if that costs < this many nats/row (inf: weight only)
+    prune_tolerance: float = Field(1e-3, ge=0.0)
+    selection: Literal["bic", "none"] = "bic"  # also drop Gaussians whose 3 parameters BIC does not pay for
     mode: Literal["mle", "bayesian"] = "mle"
     backend: Literal["summary", "spark-ml"] = "summary"
     seed: int = 42
@@ -119,6 +122,7 @@ class GmmTransformSettings(_Section):
     output: str = "output/gmm_transform"
     layout: Literal["long", "wide", "onehot"] = "wide"
     seed: int = 42
+    sampling: Literal["tail-safe", "rdt"] = "tail-safe"  # rdt: RDT's ClusterBasedNormalizer exactly
     inverse: bool = False
 
 

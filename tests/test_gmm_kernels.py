@@ -92,7 +92,7 @@ def test_sampled_ranks_match_mean_responsibilities_over_1m_rows():
     model = gaussian_model("x", [0.5, 0.3, 0.2], [0.0, 2.0, 5.0], [1.0, 1.5, 2.0])
     plan = K.plan_column(model)
     x = np.random.default_rng(3).normal(1.5, 2.5, n)  # not the mixture itself: overlaps everywhere
-    out = K.encode(pl.DataFrame({"_row_id": np.arange(n), "x": x}), [plan], seed=11)
+    out = K.encode(pl.DataFrame({"_row_id": np.arange(n), "x": x}), [plan], seed=11, sampling="rdt")
     observed = np.bincount(out["x__component"].to_numpy(), minlength=3)
     # Expected counts from the definition: mean over rows of (p + 1e-6) renormalised, by rank.
     p = K.responsibilities(x, weights=plan.post_weights, means=plan.post_means, stds=plan.post_stds) + 1e-6
@@ -125,7 +125,7 @@ def test_normalised_values_equal_rdt_formula():
     model = amount_model()
     plan = K.plan_column(model)
     df = synthetic(20_000, bad_rows=False)
-    out = K.encode(df, [plan], seed=5)
+    out = K.encode(df, [plan], seed=5, sampling="rdt")
     rank = out["amount__component"].to_numpy()
     expected = _rdt_formula(df["amount"].to_numpy(), plan.rank_mean, plan.rank_std, rank)
     np.testing.assert_array_equal(out["amount"].to_numpy(), expected)
@@ -146,7 +146,7 @@ def test_agrees_with_rdt_cluster_based_normalizer():
     means, stds = bgm.means_.ravel(), np.sqrt(bgm.covariances_).ravel()
     model = gaussian_model("x", bgm.weights_, means, stds, kept=valid)
     plan = K.plan_column(model)
-    ours = K.encode(pl.DataFrame({"_row_id": np.arange(len(x)), "x": x}), [plan], seed=9)
+    ours = K.encode(pl.DataFrame({"_row_id": np.arange(len(x)), "x": x}), [plan], seed=9, sampling="rdt")
     np.random.seed(0)  # RDT samples with the global numpy generator
     theirs = cbn.transform(data)
     # RDT's component index counts valid components in fit order; ours is the frequency rank.
@@ -161,6 +161,84 @@ def test_agrees_with_rdt_cluster_based_normalizer():
     np.testing.assert_array_equal(
         K.decode(ours, [plan])["x"].to_numpy(), cbn.reverse_transform(rdt_in)["x"].to_numpy()
     )
+
+
+# --------------------------------------------------------------------------- tail-safe sampling
+
+
+def _unlucky_rows(plan, x, *, seed, n=3_000_000):
+    """Row ids whose first uniform draws, from ``p + 1e-6``, the kept mode of last rank for ``x``."""
+    ids = np.arange(n, dtype=np.int64)
+    u = K.uniforms(ids, seed=seed, column=plan.column)
+    p = K.responsibilities(np.array([x]), weights=plan.kept_weights, means=plan.kept_means, stds=plan.kept_stds)[0]
+    return ids[K.sample_components(np.tile(p, (n, 1)), u) == len(p) - 1]
+
+
+def test_tail_safe_resamples_a_row_the_sampled_mode_would_clip():
+    # Two far-apart kept modes: a row at 0.5 belongs to the first; the 1e-6 floor sends
+    # ~1 row in a million to the second, where RDT clips it (z = -24.9) and loses it.
+    plan = K.plan_column(gaussian_model("x", [0.5, 0.5], [0.0, 100.0], [1.0, 1.0]))
+    ids = _unlucky_rows(plan, 0.5, seed=3)
+    assert 1 <= ids.size <= 20
+    df = pl.DataFrame({"_row_id": ids, "x": np.full(ids.size, 0.5)})
+    rdt = K.encode(df, [plan], seed=3, sampling="rdt")
+    assert rdt["x"].to_list() == [-0.99] * ids.size and rdt[K.flag_name("clipped", "x")].all()
+    safe = K.encode(df, [plan], seed=3)
+    assert safe[K.flag_name("resampled", "x")].all() and not safe[K.flag_name("clipped", "x")].any()
+    assert safe["x"].to_list() == [0.125] * ids.size
+    assert K.decode(safe, [plan])["x"].to_list() == [0.5] * ids.size
+    # the other rows are untouched by the re-sample: same draws as RDT's rule
+    rest = pl.DataFrame({"_row_id": np.arange(5000), "x": np.random.default_rng(0).normal(0, 1, 5000)})
+    assert K.encode(rest, [plan], seed=3).drop(K.flag_name("resampled", "x")).equals(
+        K.encode(rest, [plan], seed=3, sampling="rdt").drop(K.flag_name("resampled", "x")))
+
+
+def test_tail_safe_clips_only_what_no_kept_mode_represents():
+    plan = K.plan_column(amount_model())  # kept: 20 +- 32, 120 +- 160, 900 +- 1200; 5000 dropped
+    x = np.array([1e7, 2000.0, -1e300])
+    out = K.encode(pl.DataFrame({"_row_id": [0, 1, 2], "amount": x}), [plan], seed=0)
+    assert out[K.flag_name("clipped", "amount")].to_list() == [True, False, True]
+    # the most responsible mode takes a row no mode represents: the widest one for a far value
+    assert out["amount__component"].to_list()[0] == plan.kept_ranks[np.argmax(plan.kept_stds)]
+    stats = K.aggregate_stats(out, K.encode_stats([plan]))
+    names = {s.name: stats[str(i)] for i, s in enumerate(K.encode_stats([plan]))}
+    assert names["clipped"] == 2
+
+
+def test_resample_unclipped_is_the_choice_rule_over_the_modes_that_fit():
+    rng = np.random.default_rng(6)
+    w, m, s = np.array([0.2, 0.5, 0.3]), np.array([0.0, 3.0, 8.0]), np.array([1.0, 2.0, 1.5])
+    x = rng.uniform(-10, 20, 5000)
+    u = rng.random(5000)
+    got, represented = K.resample_unclipped(x, u, weights=w, means=m, stds=s)
+    for i in range(x.size):
+        fits = np.abs(x[i] - m) / (4 * s) <= 0.99
+        dens = w / s * np.exp(-0.5 * ((x[i] - m) / s) ** 2)
+        assert represented[i] == fits.any()
+        if not fits.any():
+            assert got[i] == np.argmax(dens)
+            continue
+        p = np.where(fits, dens, 0.0)
+        cdf = np.cumsum(p / p.sum())
+        assert fits[got[i]] and got[i] == min(cdf[:-1].searchsorted(u[i], side="right"), np.flatnonzero(fits)[-1])
+
+
+def test_inverse_restores_integer_types_and_counts_forward_clipped_rows():
+    model = gaussian_model("n", [0.6, 0.4], [10.0, 500.0], [3.0, 80.0])
+    model = ColumnModel(model.column, model.column_type, model.modes, {**model.settings, "source_type": "bigint"})
+    plan = K.plan_column(model)
+    rng = np.random.default_rng(1)
+    x = np.r_[rng.integers(0, 20, 1000), rng.integers(200, 800, 1000), [10**9]]  # within the modes, and one far
+    df = pl.DataFrame({"_row_id": np.arange(x.size), "n": pl.Series(x, dtype=pl.Int64)})
+    enc = K.encode(df, [plan], seed=0)
+    dec = K.decode(enc, [plan])
+    assert dec.schema["n"] == pl.Int64
+    clipped = enc[K.flag_name("clipped", "n")].to_numpy()
+    assert clipped.sum() == 1 and clipped[-1]
+    np.testing.assert_array_equal(dec["n"].to_numpy()[~clipped], x[~clipped])  # exact integers
+    # the inverse reports the rows that carry a forward clip (|z| at the 0.99 bound)
+    assert dec[K.flag_name("clipped", "n")].to_list() == clipped.tolist()
+    assert enc[K.flag_name("error", "n")].to_numpy()[~clipped].max() == 0.0
 
 
 # --------------------------------------------------------------------------- round trips

@@ -48,7 +48,7 @@ from pipelines.gmm.em import (
     stats_from_sums,
 )
 from pipelines.gmm.model import ColumnModel, models_from_rows
-from pipelines.gmm.modes import build_model, fit_summary
+from pipelines.gmm.modes import build_model, fit_summary, pruning_report
 from pipelines.gmm.summary import (
     PARTIAL_SCHEMA,
     SUMMARY_SCHEMA,
@@ -539,7 +539,8 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
             if c not in errors:
                 try:
                     model = build_model(summary, mixtures.get(c), weight_threshold=s.weight_threshold,
-                                        settings=settings)
+                                        settings={**settings, "source_type": types[c]},
+                                        prune_tolerance=s.prune_tolerance, selection=s.selection)
                     _replace_column(s.fit_dir, MODELS, model.to_arrow(), c)
                 except Exception as exc:
                     errors[c] = f"{type(exc).__name__}: {exc}"
@@ -551,6 +552,8 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
                 details[c] = {"status": SUCCEEDED, "type": spec.column_type, "n_modes": model.n_modes,
                               "n_rows": n_rows, "n_null": summary.n_null,
                               "summary_points": int(summary.values.size), "exact": summary.exact}
+                if spec.column_type != "categorical":
+                    details[c].update(pruning_report(model))
     run.details["columns"] = details
     run.counts.update(fitted=len(todo) - len(errors), failed=len(errors))
     if errors:

@@ -7,7 +7,17 @@ The math is CTGAN's / RDT's ``ClusterBasedNormalizer``, vectorised:
   uniform per row (:func:`sample_components`), the same rule as ``np.random.choice``;
 - the normalised value is ``(x - mu) / (4 sigma)`` clipped to ``[-0.99, 0.99]``;
 - the inverse clips ``z`` to ``[-1, 1]`` and rounds and clips the rank, as RDT does,
-  then returns ``z * 4 sigma + mu``.
+  then returns ``z * 4 sigma + mu`` (rounded back to an integer for an integer column).
+
+Sampling (``sampling=``):
+
+- ``"tail-safe"`` (default): ``p`` is the posterior of the *kept* mixture; a row whose
+  sampled mode would clip it is sampled again from the renormalised responsibilities of
+  the kept modes that do not clip it (:func:`resample_unclipped`), with a second keyed
+  uniform; a value no kept mode can represent goes to its most responsible mode and is
+  the only kind of row clipped. Per column, the rows re-sampled and clipped are counted.
+- ``"rdt"``: RDT's ``ClusterBasedNormalizer`` exactly: ``p`` over every fitted Gaussian
+  (dropped ones too), then the kept columns, and no second draw.
 
 The uniforms come from a counter-based generator keyed by ``(seed, column, _row_id)``
 (:func:`uniforms`), so a row's result depends on nothing but the row, the fit and the
@@ -53,6 +63,11 @@ PROB_EPS = 1e-6  # CTGAN/RDT add this to every kept mode's probability before sa
 
 Layout = Literal["wide", "onehot"]
 LAYOUTS: tuple[Layout, ...] = ("wide", "onehot")
+Sampling = Literal["tail-safe", "rdt"]
+SAMPLINGS: tuple[Sampling, ...] = ("tail-safe", "rdt")
+# Spark SQL integer types -> the inverse's output dtype; any other numeric type comes back as Float64
+INTEGER_TYPES: dict[str, pl.DataType] = {"tinyint": pl.Int8(), "smallint": pl.Int16(), "int": pl.Int32(),
+                                         "bigint": pl.Int64()}
 
 # SplitMix64 constants (Steele, Lea & Flood 2014; Vigna's splitmix64.c).
 _GAMMA = np.uint64(0x9E3779B97F4A7C15)
@@ -63,18 +78,21 @@ _MIX2 = np.uint64(0x94D049BB133111EB)
 # --------------------------------------------------------------------------- random numbers
 
 
-def stream_key(seed: int, column: str) -> int:
-    """The 64-bit key of the uniform stream of ``(seed, column)``.
+def stream_key(seed: int, column: str, draw: int = 0) -> int:
+    """The 64-bit key of the uniform stream of ``(seed, column)`` (and ``draw``).
 
-    The first 8 bytes (little-endian) of BLAKE2b over ``"<seed>\\0<column>"`` in UTF-8:
+    The first 8 bytes (little-endian) of BLAKE2b over ``"<seed>\\0<column>"`` in UTF-8
+    (``"<seed>\\0<column>\\0<draw>"`` for a later draw, e.g. the tail-safe re-sample):
     stable across processes and platforms (unlike Python's ``hash``), and different
-    columns get unrelated streams.
+    columns and draws get unrelated streams.
     """
     data = str(int(seed)).encode("ascii") + b"\x00" + column.encode("utf-8")
+    if draw:
+        data += b"\x00" + str(int(draw)).encode("ascii")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little")
 
 
-def uniforms(row_ids: np.ndarray, *, seed: int, column: str) -> np.ndarray:
+def uniforms(row_ids: np.ndarray, *, seed: int, column: str, draw: int = 0) -> np.ndarray:
     """Counter-based uniforms in ``[0, 1)``, one per row id.
 
     ``u = (splitmix64_mix(key + row_id * gamma) >> 11) * 2**-53`` where ``key`` is
@@ -89,12 +107,14 @@ def uniforms(row_ids: np.ndarray, *, seed: int, column: str) -> np.ndarray:
     row_ids : ndarray of int64 of shape (n_rows,)
     seed : int
     column : str
+    draw : int, default=0
+        Which of the row's draws (0: the mode sample; 1: the tail-safe re-sample).
 
     Returns
     -------
     ndarray of float64 of shape (n_rows,)
     """
-    key = np.uint64(stream_key(seed, column))
+    key = np.uint64(stream_key(seed, column, draw))
     counter = np.ascontiguousarray(row_ids, dtype=np.int64).view(np.uint64)
     z = counter * _GAMMA + key  # uint64 arrays wrap modulo 2**64, as SplitMix64 needs
     z = (z ^ (z >> np.uint64(30))) * _MIX1
@@ -111,8 +131,8 @@ def uniforms(row_ids: np.ndarray, *, seed: int, column: str) -> np.ndarray:
 # times faster than reducing the short last axis of (n_rows, n_components).
 
 
-def _posterior(x: np.ndarray, weights: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
-    """Responsibilities as a (n_components, n_rows) array (see :func:`responsibilities`)."""
+def _log_joint(x: np.ndarray, weights: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """``log w_j - log s_j - ((x - m_j) / s_j)**2 / 2`` as a (n_components, n_rows) array."""
     with np.errstate(over="ignore"):  # |x - mean| / std beyond float range: inf, clipped next
         log_p = (x[None, :] - means[:, None]) * (1.0 / stds)[:, None]
     # |d| > 1e150 would overflow d*d to inf and give -inf - -inf = nan below; the clip
@@ -121,6 +141,12 @@ def _posterior(x: np.ndarray, weights: np.ndarray, means: np.ndarray, stds: np.n
     np.square(log_p, out=log_p)
     log_p *= -0.5
     log_p += (np.log(weights) - np.log(stds))[:, None]
+    return log_p
+
+
+def _posterior(x: np.ndarray, weights: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """Responsibilities as a (n_components, n_rows) array (see :func:`responsibilities`)."""
+    log_p = _log_joint(x, weights, means, stds)
     log_p -= log_p.max(axis=0)
     p = np.exp(log_p, out=log_p)
     p /= p.sum(axis=0)
@@ -180,6 +206,45 @@ def sample_components(probs: np.ndarray, u: np.ndarray) -> np.ndarray:
     return _sample(np.ascontiguousarray(probs.T), u)
 
 
+def resample_unclipped(
+    x: np.ndarray, u: np.ndarray, *, weights: np.ndarray, means: np.ndarray, stds: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tail-safe re-sample: one component per row among those that represent it unclipped.
+
+    A component represents ``x`` when ``|x - mu| / (4 sigma) <= 0.99``. Each row samples
+    (inverse CDF, one uniform) from its responsibilities restricted to those components
+    and renormalised (in log space, so a far value still gets a valid distribution); a
+    row no component represents gets its most responsible component.
+
+    Parameters
+    ----------
+    x : ndarray of shape (n_rows,)
+        Finite values.
+    u : ndarray of shape (n_rows,), values in [0, 1)
+    weights, means, stds : ndarray of shape (n_components,)
+
+    Returns
+    -------
+    choice : ndarray of int64 of shape (n_rows,)
+    represented : ndarray of bool of shape (n_rows,)
+        False where no component represents the row (it will be clipped).
+    """
+    log_p = _log_joint(x, weights, means, stds)
+    with np.errstate(over="ignore", invalid="ignore"):
+        fits = np.abs((x[None, :] - means[:, None]) / (STD_MULTIPLIER * stds)[:, None]) <= CLIP
+    represented = fits.any(axis=0)
+    most = log_p.argmax(axis=0)
+    log_p[~fits] = -np.inf
+    log_p[:, ~represented] = 0.0  # no component fits: any finite values, the row takes `most`
+    log_p -= log_p.max(axis=0)
+    p = np.exp(log_p)
+    p /= p.sum(axis=0)
+    cdf = np.cumsum(p, axis=0)
+    # the count of CDF entries <= u (np.random.choice's rule); never past the last fitting component
+    choice = np.minimum((cdf[:-1] <= u).sum(axis=0), len(weights) - 1 - np.argmax(fits[::-1], axis=0))
+    return np.where(represented, choice, most).astype(np.int64), represented
+
+
 # --------------------------------------------------------------------------- fitted plans
 
 
@@ -197,8 +262,8 @@ class ColumnPlan:
         ``predict_proba`` over all components and then keeps the valid columns.
     post_kept : ndarray of int
         Positions in the ``post_*`` arrays of the kept Gaussians, in rank order.
-    kept_ranks, kept_means, kept_stds : ndarray
-        Rank, mean and std of those kept Gaussians.
+    kept_ranks, kept_weights, kept_means, kept_stds : ndarray
+        Rank, weight, mean and std of those kept Gaussians.
     special_values, special_ranks : ndarray
         Modal values of a mixed column and their ranks.
     rank_mean, rank_std, rank_special : ndarray of shape (m,)
@@ -208,6 +273,9 @@ class ColumnPlan:
         Per rank, the category string (``None`` for the null category).
     null_rank : int or None
         Rank of the null category of a categorical column.
+    dtype : polars.DataType
+        The inverse's output type: the input's integer type (Spark ``tinyint`` ..
+        ``bigint``, recorded by the fit as ``source_type``), else Float64.
     """
 
     column: str
@@ -218,6 +286,7 @@ class ColumnPlan:
     post_stds: np.ndarray
     post_kept: np.ndarray
     kept_ranks: np.ndarray
+    kept_weights: np.ndarray
     kept_means: np.ndarray
     kept_stds: np.ndarray
     special_values: np.ndarray
@@ -227,6 +296,7 @@ class ColumnPlan:
     rank_special: np.ndarray
     categories: tuple[str | None, ...]
     null_rank: int | None
+    dtype: pl.DataType = pl.Float64()
 
     @property
     def is_categorical(self) -> bool:
@@ -296,6 +366,7 @@ def plan_column(model: ColumnModel) -> ColumnPlan:
         post_stds=np.array([m.std for m in post], f64),
         post_kept=np.array([position[m.component] for m in kept_g], np.int64),
         kept_ranks=np.array([m.rank for m in kept_g], np.int32),
+        kept_weights=np.array([m.weight for m in kept_g], f64),
         kept_means=np.array([m.mean for m in kept_g], f64),
         kept_stds=np.array([m.std for m in kept_g], f64),
         special_values=np.array([m.value_double for m in specials], f64),
@@ -305,6 +376,8 @@ def plan_column(model: ColumnModel) -> ColumnPlan:
         rank_special=np.array([m.value_double if m.kind == "special" else np.nan for m in kept], f64),
         categories=tuple(None if m.is_null else m.value for m in kept),
         null_rank=next((m.rank for m in kept if m.is_null), None),
+        dtype=INTEGER_TYPES.get(model.settings.get("source_type") or "", pl.Float64()) if ctype != "categorical"
+        else pl.String(),
     )
 
 
@@ -374,6 +447,7 @@ def encode_schema(plans: Sequence[ColumnPlan], *, layout: Layout) -> dict[str, p
         else:
             schema[flag_name("nonfinite", p.column)] = pl.Boolean()
             schema[flag_name("clipped", p.column)] = pl.Boolean()
+            schema[flag_name("resampled", p.column)] = pl.Boolean()
             schema[flag_name("error", p.column)] = pl.Float64()
     return schema
 
@@ -390,7 +464,7 @@ LONG_SCHEMA: dict[str, pl.DataType] = {
 def decoded_schema(plans: Sequence[ColumnPlan], *, flags: bool = True) -> dict[str, pl.DataType]:
     """Columns of :func:`decode`'s output: ``_row_id``, the original columns, then flags."""
     schema: dict[str, pl.DataType] = _Columns({ROW_ID: pl.Int64()})
-    schema.update({p.column: pl.String() if p.is_categorical else pl.Float64() for p in plans})
+    schema.update({p.column: p.dtype for p in plans})
     if flags:
         for p in plans:
             schema[flag_name("clipped", p.column)] = pl.Boolean()
@@ -427,6 +501,7 @@ def encode_stats(plans: Sequence[ColumnPlan]) -> list[Stat]:
                 Stat(c, "null_or_nonfinite", "sum", f"{c}__null"),
                 Stat(c, "nonfinite", "sum", flag_name("nonfinite", c)),
                 Stat(c, "clipped", "sum", clipped),
+                Stat(c, "resampled", "sum", flag_name("resampled", c)),
                 Stat(c, "max_abs_error", "max", flag_name("error", c)),
                 Stat(c, "max_abs_error_unclipped", "max", flag_name("error", c), unless=clipped),
             ]
@@ -472,7 +547,16 @@ def combine_stats(stats: Sequence[Stat], a: Mapping[str, int | float | None], b:
 # --------------------------------------------------------------------------- forward
 
 
-def _encode_numeric(values: pl.Series, row_ids: np.ndarray, plan: ColumnPlan, seed: int):
+def _restore(value: np.ndarray, dtype: pl.DataType) -> np.ndarray:
+    """The inverse's values in the input's type: rounded and range-clipped for an integer column."""
+    if not dtype.is_integer():
+        return value
+    np_type = np.dtype(str(dtype).lower())  # Int8 .. Int64 -> int8 .. int64
+    info = np.iinfo(np_type)
+    return np.clip(np.rint(value), info.min, info.max).astype(np_type)
+
+
+def _encode_numeric(values: pl.Series, row_ids: np.ndarray, plan: ColumnPlan, seed: int, sampling: Sampling):
     x = values.cast(pl.Float64).to_numpy()  # nulls become NaN; is_null keeps them apart
     is_null = values.is_null().to_numpy()
     finite = np.isfinite(x)
@@ -481,6 +565,7 @@ def _encode_numeric(values: pl.Series, row_ids: np.ndarray, plan: ColumnPlan, se
     rank = np.zeros(n, np.int32)
     error = np.zeros(n)
     clipped = np.zeros(n, bool)
+    resampled = np.zeros(n, bool)
     todo = finite.copy()
     for value, r in zip(plan.special_values, plan.special_ranks, strict=True):
         hit = todo & (x == value)  # a listed modal value: its own mode, z = 0, exact
@@ -497,17 +582,29 @@ def _encode_numeric(values: pl.Series, row_ids: np.ndarray, plan: ColumnPlan, se
         clipped[idx] = True
     elif idx.size:
         xs = x[idx]
-        probs = _posterior(xs, plan.post_weights, plan.post_means, plan.post_stds)
-        choice = _sample(probs[plan.post_kept], uniforms(row_ids[idx], seed=seed, column=plan.column))
-        mu, width = plan.kept_means[choice], STD_MULTIPLIER * plan.kept_stds[choice]
+        if sampling == "rdt":
+            probs = _posterior(xs, plan.post_weights, plan.post_means, plan.post_stds)[plan.post_kept]
+        else:
+            probs = _posterior(xs, plan.kept_weights, plan.kept_means, plan.kept_stds)
+        choice = _sample(probs, uniforms(row_ids[idx], seed=seed, column=plan.column))
         with np.errstate(over="ignore", invalid="ignore"):  # |x - mu| beyond float range: clipped
+            out = ~(np.abs((xs - plan.kept_means[choice]) / (STD_MULTIPLIER * plan.kept_stds[choice])) <= CLIP)
+        if sampling == "tail-safe" and out.any():
+            j = np.flatnonzero(out)
+            u = uniforms(row_ids[idx[j]], seed=seed, column=plan.column, draw=1)
+            choice[j], represented = resample_unclipped(xs[j], u, weights=plan.kept_weights, means=plan.kept_means,
+                                                        stds=plan.kept_stds)
+            resampled[idx[j[represented]]] = True
+        mu, width = plan.kept_means[choice], STD_MULTIPLIER * plan.kept_stds[choice]
+        with np.errstate(over="ignore", invalid="ignore"):
             raw = (xs - mu) / width
             zc = np.clip(raw, -CLIP, CLIP)
             z[idx] = zc
             rank[idx] = plan.kept_ranks[choice]
             clipped[idx] = ~(np.abs(raw) <= CLIP)
-            error[idx] = np.abs(zc * width + mu - xs)
-    return z, rank, ~finite, clipped, error, is_null
+            # what the inverse returns for this row (decode's arithmetic, in the input's type)
+            error[idx] = np.abs(_restore(zc * width + mu, plan.dtype) - xs)
+    return z, rank, ~finite, clipped, resampled, error, is_null
 
 
 def _encode_categorical(values: pl.Series, plan: ColumnPlan):
@@ -523,7 +620,10 @@ def _encode_categorical(values: pl.Series, plan: ColumnPlan):
     return rank, unknown, is_null
 
 
-def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: Layout = "wide") -> pl.DataFrame:
+def encode(
+    df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: Layout = "wide",
+    sampling: Sampling = "tail-safe",
+) -> pl.DataFrame:
     """Transform fitted columns to the model-ready frame, plus per-row flag columns.
 
     Parameters
@@ -535,6 +635,8 @@ def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: 
     seed : int
         Seed of the mode sampling (with the column and ``_row_id``).
     layout : {"wide", "onehot"}
+    sampling : {"tail-safe", "rdt"}
+        See the module docstring.
 
     Returns
     -------
@@ -554,9 +656,10 @@ def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: 
             flags[flag_name("null", c)] = is_null
             missing = None
         else:
-            z, rank, missing, clipped, error, is_null = _encode_numeric(df[c], row_ids, p, seed)
+            z, rank, missing, clipped, resampled, error, is_null = _encode_numeric(df[c], row_ids, p, seed, sampling)
             flags[flag_name("nonfinite", c)] = missing & ~is_null
             flags[flag_name("clipped", c)] = clipped
+            flags[flag_name("resampled", c)] = resampled
             flags[flag_name("error", c)] = error
             out[c] = z
         if layout == "wide":
@@ -573,13 +676,14 @@ def encode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int, layout: 
     return pl.DataFrame({**out, **flags}, schema=encode_schema(plans, layout=layout))
 
 
-def encode_long(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int) -> pl.DataFrame:
+def encode_long(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, seed: int,
+                sampling: Sampling = "tail-safe") -> pl.DataFrame:
     """:func:`encode` then :func:`to_long`: the ``feature_values`` rows of an input batch.
 
     The long rows do not depend on the model-ready layout, so recomputing them from the
     (narrow) input is cheaper than reading back the wide or one-hot table.
     """
-    return to_long(encode(df, plans, seed=seed, layout="wide"), plans, layout="wide")
+    return to_long(encode(df, plans, seed=seed, layout="wide", sampling=sampling), plans, layout="wide")
 
 
 def to_long(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout) -> pl.DataFrame:
@@ -649,7 +753,8 @@ def decode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout = "w
     Clipping follows RDT: ``z`` to ``[-1, 1]``; a ``c__component`` rank is rounded and
     clipped to the valid ranks; a one-hot/softmax block maps to its argmax. A special
     rank returns its modal value, a categorical rank its category; the unknown rank,
-    ``c__null > 0.5``, and a null or NaN input give null.
+    ``c__null > 0.5``, and a null or NaN input give null. An integer column (the fit's
+    ``source_type``) comes back rounded, in its own type: exact where the row was not clipped.
 
     Parameters
     ----------
@@ -662,8 +767,9 @@ def decode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout = "w
     -------
     polars.DataFrame
         :func:`decoded_schema` columns: ``_row_id``, each original column, then flags
-        ``__clipped__c`` (``z`` or rank outside its range) and, for a categorical,
-        ``__unknown__c`` (the unknown rank).
+        ``__clipped__c`` (``|z|`` at or beyond the forward clip bound 0.99, which every
+        row the forward pass clipped carries, or a rank outside its range) and, for a
+        categorical, ``__unknown__c`` (the unknown rank).
     """
     out: dict[str, object] = {ROW_ID: df[ROW_ID].cast(pl.Int64).to_numpy()}
     flags: dict[str, np.ndarray] = {}
@@ -683,6 +789,10 @@ def decode(df: pl.DataFrame, plans: Sequence[ColumnPlan], *, layout: Layout = "w
         value = zc * (STD_MULTIPLIER * p.rank_std[rank]) + p.rank_mean[rank]
         special = ~np.isnan(p.rank_special[rank])
         value[special] = p.rank_special[rank][special]
-        flags[flag_name("clipped", c)] = ~null & (out_of_range | (~special & (np.abs(z) > INVERSE_CLIP)))
-        out[c] = pl.Series(c, value).scatter(np.flatnonzero(null), None) if null.any() else value
+        with np.errstate(invalid="ignore"):  # z is NaN on null rows
+            value = _restore(np.where(null, 0.0, value), p.dtype)
+            # at or beyond the forward clip bound: a row the forward pass clipped carries exactly +-0.99
+            at_clip = ~special & ~(np.abs(z) < CLIP)
+        flags[flag_name("clipped", c)] = ~null & (out_of_range | at_clip)
+        out[c] = pl.Series(c, value, p.dtype).scatter(np.flatnonzero(null), None) if null.any() else value
     return pl.DataFrame({**out, **flags}, schema=decoded_schema(plans))

@@ -43,14 +43,18 @@ MODEL_SCHEMA = pa.schema(
         pa.field("value_double", pa.float64()),  # modal value (mixed, kind=special)
         pa.field("is_null", pa.bool_(), nullable=False),  # the null category
         pa.field("frequency", pa.float64()),  # share of rows that select this mode
+        pa.field("drop_cost", pa.float64()),  # nats/row the column loses without this Gaussian (pruning)
+        pa.field("reason", pa.string()),  # why it was dropped, or kept despite a small weight
         # settings used for the fit, repeated on every row of the column
         pa.field("max_components", pa.int32()),
         pa.field("weight_threshold", pa.float64()),
+        pa.field("prune_tolerance", pa.float64()),
         pa.field("mode", pa.string()),
         pa.field("backend", pa.string()),
         pa.field("seed", pa.int64()),
         pa.field("n_rows", pa.int64()),  # rows seen (including nulls)
         pa.field("n_null", pa.int64()),  # null / NaN / inf rows of a continuous or mixed column
+        pa.field("source_type", pa.string()),  # the input column's type (Spark SQL name); the inverse restores it
         pa.field("fit_id", pa.string()),
     ]
 )
@@ -79,6 +83,8 @@ class Mode:
     value_double: float | None = None
     is_null: bool = False
     frequency: float | None = None
+    drop_cost: float | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,13 +122,17 @@ class ColumnModel:
                 "value_double": m.value_double,
                 "is_null": m.is_null,
                 "frequency": m.frequency,
+                "drop_cost": m.drop_cost,
+                "reason": m.reason,
                 "max_components": s.get("max_components"),
                 "weight_threshold": s.get("weight_threshold"),
+                "prune_tolerance": s.get("prune_tolerance"),
                 "mode": s.get("mode"),
                 "backend": s.get("backend"),
                 "seed": s.get("seed"),
                 "n_rows": s.get("n_rows"),
                 "n_null": s.get("n_null"),
+                "source_type": s.get("source_type"),
                 "fit_id": s.get("fit_id"),
             }
             for m in self.modes
@@ -132,8 +142,10 @@ class ColumnModel:
         return pa.Table.from_pylist(self.to_rows(), schema=MODEL_SCHEMA)
 
 
-_SETTINGS = ("max_components", "weight_threshold", "mode", "backend", "seed", "n_rows", "n_null", "fit_id")
-_MODE_FIELDS = ("kind", "component", "rank", "kept", "weight", "mean", "std", "value", "value_double", "is_null", "frequency")
+_SETTINGS = ("max_components", "weight_threshold", "prune_tolerance", "mode", "backend", "seed", "n_rows", "n_null",
+             "source_type", "fit_id")
+_MODE_FIELDS = ("kind", "component", "rank", "kept", "weight", "mean", "std", "value", "value_double", "is_null", "frequency",
+                "drop_cost", "reason")
 
 
 def models_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, ColumnModel]:
@@ -145,11 +157,12 @@ def models_from_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, ColumnModel
     for column, col_rows in by_column.items():
         col_rows.sort(key=lambda r: r["component"])
         first = col_rows[0]
-        modes = tuple(Mode(**{k: r[k] for k in _MODE_FIELDS}) for r in col_rows)
+        # .get: fits written before a field existed (drop_cost, reason, source_type) read as null
+        modes = tuple(Mode(**{k: r.get(k) for k in _MODE_FIELDS}) for r in col_rows)
         out[column] = ColumnModel(
             column=column,
             column_type=first["column_type"],
             modes=modes,
-            settings={k: first[k] for k in _SETTINGS},
+            settings={k: first.get(k) for k in _SETTINGS},
         )
     return out

@@ -2,18 +2,18 @@
 
 :func:`fit_summary` runs EM on a column's summary, handling the degenerate cases;
 :func:`build_model` turns the summary and the mixture into a :class:`ColumnModel`:
-weight threshold, std floor and CTAB-GAN frequency ranks.
+likelihood-aware pruning (:func:`prune`), std floor and CTAB-GAN frequency ranks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
-from pipelines.gmm.em import Mixture, fit_mixture, selection_frequencies
+from pipelines.gmm.em import Mixture, density_of, e_step, fit_mixture, selection_frequencies
 from pipelines.gmm.model import ColumnModel, Mode, std_floor
 from pipelines.gmm.summary import ColumnSummary
 
@@ -35,6 +35,33 @@ DEFAULT_TOL = {"mle": 1e-9, "bayesian": 1e-3}
 SCREEN_TOL, SCREEN_MAX_ITER = 1e-6, 300
 # Starts of the n_init restarts, in turn (see fit_mixture): k-means++, random-from-data, Spark ML's.
 INITS = ("kmeans", "random", "sample")
+# A Gaussian under the weight threshold is still kept when dropping it costs the column at
+# least this much mean log-likelihood per row: a rare far mode (the longest routes of a
+# distance column, 0.2 % of rows) costs ~0.5 nats/row when dropped, a redundant one ~1e-6.
+PRUNE_TOLERANCE = 1e-3
+SELECTIONS = ("bic", "none")
+
+
+def value_resolution(summary: ColumnSummary) -> float:
+    """The smallest gap between distinct values of an exact summary (0 if unknown).
+
+    An integer-valued or rounded column is exact up to ``bins`` distinct values; there a
+    component narrower than this gap is a spike on one repeated value, not a mode.
+    """
+    if not summary.exact or summary.values.size < 2:
+        return 0.0
+    return float(np.diff(summary.values).min())
+
+
+def resolution_variance(summary: ColumnSummary) -> float:
+    """The variance floor of a component: a uniform over one resolution step, ``h**2 / 12``.
+
+    A value recorded to resolution ``h`` stands for an interval of width ``h`` (the
+    dequantisation view), so no component is narrower than that interval's spread. EM
+    adds it as ``reg_covar``; a wider floor (``(h / 2)**2``) merges neighbouring values
+    of a 3-valued column into one spread mode.
+    """
+    return value_resolution(summary) ** 2 / 12.0
 
 
 def fit_summary(
@@ -86,11 +113,12 @@ def fit_summary(
     max_iter = max_iter or DEFAULT_MAX_ITER[mode]
     screen = mode == "mle"
     points = (summary.values, summary.counts, summary.variances)
+    reg_covar = max(1e-6, resolution_variance(summary))
     fits = [
         fit_mixture(
             *points, n_components=k, mode=mode, seed=seed + i, init=INITS[i % len(INITS)],
             max_iter=min(max_iter, SCREEN_MAX_ITER) if screen else max_iter,
-            tol=SCREEN_TOL if screen else DEFAULT_TOL[mode],
+            tol=SCREEN_TOL if screen else DEFAULT_TOL[mode], reg_covar=reg_covar,
         )
         for i in range(n_init)
     ]
@@ -98,7 +126,8 @@ def fit_summary(
     left = max_iter - best.n_iter
     if not screen or left <= 0:
         return best
-    more = fit_mixture(*points, n_components=k, mode=mode, init=best, max_iter=left, tol=DEFAULT_TOL[mode])
+    more = fit_mixture(*points, n_components=k, mode=mode, init=best, max_iter=left, tol=DEFAULT_TOL[mode],
+                       reg_covar=reg_covar)
     return replace(more, n_iter=best.n_iter + more.n_iter)
 
 
@@ -110,28 +139,127 @@ def _ranks(frequency: np.ndarray, kept: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def _mean_log_likelihood(summary: ColumnSummary, w: np.ndarray, m: np.ndarray, s: np.ndarray) -> float:
+    """Mean log-likelihood per row of a mixture (weights renormalised) on the summary's points."""
+    log_norm, _ = e_step(summary.values, summary.variances, density_of(Mixture(weights=w / w.sum(), means=m, stds=s)))
+    return float(summary.counts @ log_norm) / float(summary.counts.sum())
+
+
+@dataclass(frozen=True)
+class Pruning:
+    """Which Gaussians :func:`prune` keeps, what dropping each costs, and why.
+
+    Attributes
+    ----------
+    kept : ndarray of bool
+    cost : ndarray of float
+        Mean log-likelihood per row the column loses when the component is dropped: at
+        the step it was dropped, or (kept) from the final kept set.
+    reason : tuple of str or None
+        Why a component was dropped, or kept despite a weight under the threshold; None
+        for a component kept on its weight.
+    """
+
+    kept: np.ndarray
+    cost: np.ndarray
+    reason: tuple[str | None, ...]
+
+
+def prune(
+    summary: ColumnSummary,
+    weights: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    *,
+    weight_threshold: float,
+    tolerance: float = PRUNE_TOLERANCE,
+    selection: str = "bic",
+) -> Pruning:
+    """Greedy, likelihood-aware pruning of a column's Gaussians, measured on its summary.
+
+    Each step scores dropping every kept component (weights renormalised) by the mean
+    log-likelihood per row it costs on the summary, and drops the cheapest component
+    that is either under ``weight_threshold`` and costs less than ``tolerance``, or
+    (``selection="bic"``) costs less than the BIC's price of its 3 parameters,
+    ``1.5 ln(n) / n`` per row: dropping it lowers BIC. It stops when no component
+    qualifies; one is always kept. ``tolerance=inf, selection="none"`` is weight-only
+    pruning (RDT's rule).
+
+    Parameters
+    ----------
+    summary : ColumnSummary
+    weights, means, stds : ndarray of shape (k,)
+    weight_threshold : float
+    tolerance : float, default=:data:`PRUNE_TOLERANCE`
+        nats per row.
+    selection : {"bic", "none"}
+
+    Returns
+    -------
+    Pruning
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    k = weights.size
+    n = float(summary.counts.sum())
+    penalty = 1.5 * np.log(n) / n if selection == "bic" and n > 1 else -np.inf
+    small = weights <= weight_threshold
+    kept = np.ones(k, bool)
+    cost = np.full(k, np.nan)
+    reason: list[str | None] = [None] * k
+    base = _mean_log_likelihood(summary, weights, means, stds)
+    while kept.sum() > 1:
+        candidates = np.flatnonzero(kept)
+        scores = np.array([
+            _mean_log_likelihood(summary, weights[rest], means[rest], stds[rest])
+            for rest in (kept & (np.arange(k) != j) for j in candidates)
+        ])
+        cost[candidates] = base - scores
+        d = cost[candidates]
+        ok = (small[candidates] & (d < tolerance)) | (d < penalty)
+        if not ok.any():
+            break
+        i = np.flatnonzero(ok)[np.argmin(d[ok])]
+        j = candidates[i]
+        kept[j] = False
+        if small[j] and d[i] < tolerance:
+            reason[j] = f"dropped: weight {weights[j]:.3g} <= {weight_threshold:g} and costs {d[i]:.3g} nats/row < {tolerance:g}"
+        else:
+            reason[j] = f"dropped (BIC): costs {d[i]:.3g} nats/row < 1.5 ln(n)/n = {penalty:.3g}"
+        base = scores[i]
+    for j in np.flatnonzero(kept & small):
+        reason[j] = (f"kept: weight {weights[j]:.3g} <= {weight_threshold:g} but dropping it costs "
+                     f"{cost[j]:.3g} nats/row >= {tolerance:g}")
+    return Pruning(kept=kept, cost=cost, reason=tuple(reason))
+
+
 def build_model(
     summary: ColumnSummary,
     mixture: Mixture | None,
     *,
     weight_threshold: float,
     settings: Mapping[str, Any],
+    prune_tolerance: float = PRUNE_TOLERANCE,
+    selection: str = "bic",
 ) -> ColumnModel:
     """The :class:`ColumnModel` of a column from its summary and (numeric columns) its mixture.
 
     Continuous and mixed columns: Gaussians are ordered by mean (their ``component``
-    index); those with weight > ``weight_threshold`` are kept (the heaviest is kept if
-    none passes); std is floored by :func:`pipelines.gmm.model.std_floor`. ``weight`` is a
-    share of the column's non-null rows, so a mixed column's Gaussian weights add up to
-    the share of its non-special rows. Listed special values are modes of their own
-    (``kind="special"``, kept when they occur). ``frequency`` is the expected share of
-    non-null rows selecting each kept mode (:func:`~pipelines.gmm.em.selection_frequencies`
-    over the summary), and ``rank`` orders kept modes of all kinds by it.
+    index) and pruned by :func:`prune` (``weight_threshold`` first, then the likelihood
+    each costs; ``drop_cost`` and ``reason`` record the decision); std is floored by
+    :func:`pipelines.gmm.model.std_floor` and by :func:`resolution_variance`.
+    ``weight`` is a share of the column's non-null rows, so a mixed column's Gaussian
+    weights add up to the share of its non-special rows. Listed special values are
+    modes of their own (``kind="special"``, kept when they occur). ``frequency`` is the
+    expected share of non-null rows selecting each kept mode
+    (:func:`~pipelines.gmm.em.selection_frequencies` over the summary), and ``rank``
+    orders kept modes of all kinds by it.
 
     Categorical columns: one mode per category (null included), ranked by count, ties by
     value (null last); ``weight`` = ``frequency`` = share of all rows.
     """
-    settings = {**settings, "n_rows": summary.n_rows, "n_null": summary.n_null}
+    settings = {**settings, "n_rows": summary.n_rows, "n_null": summary.n_null, "weight_threshold": weight_threshold,
+                "prune_tolerance": prune_tolerance}
     spec = summary.spec
     if spec.column_type == "categorical":
         return _categorical_model(summary, settings)
@@ -147,16 +275,19 @@ def build_model(
     if mixture is not None:
         order = np.argsort(mixture.means, kind="stable")
         w, m = mixture.weights[order], mixture.means[order]
-        s = np.maximum(mixture.stds[order], [std_floor(v) for v in m])
-        kept = w > weight_threshold
-        if not kept.any():
-            kept[np.argmax(w)] = True
+        floor = np.sqrt(resolution_variance(summary))
+        s = np.maximum(mixture.stds[order], [max(std_floor(v), floor) for v in m])
+        pruning = prune(summary, w, m, s, weight_threshold=weight_threshold, tolerance=prune_tolerance,
+                        selection=selection)
+        kept = pruning.kept
         freq = np.zeros(w.size)
         freq[kept] = selection_frequencies(summary.values, summary.counts, w[kept], m[kept], s[kept])
         share = n_cont / n_nonnull
         modes += [
             {"kind": "gaussian", "weight": float(w[j] * share), "mean": float(m[j]), "std": float(s[j]),
-             "frequency": float(freq[j] * share) if kept[j] else None, "kept": bool(kept[j])}
+             "frequency": float(freq[j] * share) if kept[j] else None, "kept": bool(kept[j]),
+             "drop_cost": None if np.isnan(pruning.cost[j]) else float(pruning.cost[j]),
+             "reason": pruning.reason[j]}
             for j in range(w.size)
         ]
     frequency = np.array([md["frequency"] if md["kept"] else -1.0 for md in modes])
@@ -165,6 +296,25 @@ def build_model(
         Mode(component=j, rank=int(ranks[j]) if md["kept"] else None, **md) for j, md in enumerate(modes)
     )
     return ColumnModel(column=spec.column, column_type=spec.column_type, modes=out, settings=settings)
+
+
+def pruning_report(model: ColumnModel) -> dict[str, Any]:
+    """The run summary's account of a column's modes: counts, and every pruning decision with its reason.
+
+    ``n_modes_weight_only`` is what weight-only pruning (RDT's rule) would have kept.
+    """
+    gauss = [m for m in model.modes if m.kind == "gaussian"]
+    threshold = model.settings.get("weight_threshold") or 0.0
+    # weights here are shares of non-null rows; the threshold applies to shares of the Gaussian part
+    share = sum(m.weight for m in gauss) or 1.0
+    weight_only = sum(m.weight / share > threshold for m in gauss) or min(1, len(gauss))
+    decided = [
+        {"component": m.component, "mean": m.mean, "weight": m.weight, "kept": m.kept, "drop_cost": m.drop_cost,
+         "reason": m.reason}
+        for m in gauss if m.reason
+    ]
+    return {"n_modes": model.n_modes, "n_gaussians_fitted": len(gauss), "n_gaussians_kept": sum(m.kept for m in gauss),
+            "n_gaussians_weight_only": weight_only, "pruning": decided}
 
 
 def _categorical_model(summary: ColumnSummary, settings: Mapping[str, Any]) -> ColumnModel:

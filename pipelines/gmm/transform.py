@@ -177,6 +177,7 @@ def transform(
     output: str,
     layout: str = "wide",
     seed: int = 42,
+    sampling: kernels.Sampling = "tail-safe",
 ) -> None:
     """Transform ``input_path`` with the fit in ``fit_dir`` into ``output`` (see the module docstring).
 
@@ -189,6 +190,8 @@ def transform(
     fit_dir, input_path, output : str
     layout : {"wide", "onehot", "long"}
     seed : int
+    sampling : {"tail-safe", "rdt"}
+        See :mod:`pipelines.gmm.kernels`.
     """
     with run.timed("load_fit"):
         plans = load_plans(fit_dir)
@@ -208,14 +211,16 @@ def transform(
         sinks.insert(0, Sink(tv_path, arrow_schema(model_schema)))
     run.progress(f"{len(plans)} fitted column(s): {', '.join(p.column for p in plans)}; layout {layout}; engine {engine.name}")
     with run.timed("transform"):
-        result = engine.map(input_path, functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout),
+        encode = functools.partial(kernels.encode, plans=plans, seed=seed, layout=encode_layout, sampling=sampling)
+        result = engine.map(input_path, encode,
                             sinks, columns=[ROW_ID, *(p.column for p in plans)], reducer=_stats_reducer(stats))
     record(run.details, "transform", engine, result)
     for sink in sinks:
         run.outputs[TRANSFORMED_VALUES if sink.path == tv_path else FEATURE_VALUES] = sink.path
     run.details["layout"] = layout
+    run.details["sampling"] = sampling
     _report(run, stats, result.rows, result.partial or {}, totals={
-        "clipped": "clipped", "unknown_categories": "unknown", "null_or_nonfinite": "null_or_nonfinite",
+        "clipped": "clipped", "resampled": "resampled", "unknown_categories": "unknown", "null_or_nonfinite": "null_or_nonfinite",
         "nonfinite": "nonfinite", "categorical_nulls": "null"})
 
 
@@ -273,4 +278,4 @@ def run(spark: SparkSession | None, settings: GmmTransformSettings, run: Run) ->
         inverse(run.engine, run, fit_dir=settings.fit_dir, input_path=settings.input, output=settings.output)
     else:
         transform(run.engine, run, fit_dir=settings.fit_dir, input_path=settings.input, output=settings.output,
-                  layout=settings.layout, seed=settings.seed)
+                  layout=settings.layout, seed=settings.seed, sampling=settings.sampling)
