@@ -27,7 +27,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -372,7 +372,7 @@ def compare(
                           "categories": keys, "bins0": np.array(a), "bins1": np.array(b),
                           "unseen": unseen, "vanished": vanished}
 
-    computed_at = datetime.now(UTC)
+    computed_at = datetime.fromisoformat(run.started_at)  # one time per run
     out = []
     for c in columns:
         r, p0, p1 = results[c], prof0[c], prof1[c]
@@ -492,7 +492,7 @@ def run(spark: SparkSession, cfg: Config, run: Run) -> None:
         run.progress(f"{len(cols)} column(s): {ref} -> {current}")
         rows += compare(spark, ref, current, cols, kinds, models, s, run)
     for c in unfitted:
-        rows.append({"run_id": run.run_id, "computed_at": datetime.now(UTC), "column": c, "kind": None,
+        rows.append({"run_id": run.run_id, "computed_at": datetime.fromisoformat(run.started_at), "column": c, "kind": None,
                      "current_table": current.path, "current_version": current.version, "drifted": True,
                      "reason": f"no fitted model in {s.baseline_fit}"})
 
