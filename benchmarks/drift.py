@@ -89,6 +89,7 @@ def main() -> None:
     t0 = time.perf_counter()
     read_both()
     t_read = time.perf_counter() - t0
+    print(f"plain read of both versions: {t_read:.1f}s ({load_before})", file=sys.stderr)
 
     out = StringIO()
     t0 = time.perf_counter()
