@@ -2,12 +2,14 @@
 
     spark-submit jobs/gmm_fit.py --input TABLE --columns a,b [--categorical c] [--mixed 'd=0,-1;e=0']
         --fit-dir DIR [--max-components 10] [--weight-threshold 0.005] [--prune-tolerance 0.001]
-        [--selection bic|none] [--mode mle|bayesian]
-        [--backend summary|spark-ml] [--seed N] [--only a,b] [--refine-iterations N] [--config FILE]
+        [--selection bic|none] [--mode mle|bayesian] [--backend summary|spark-ml] [--seed N]
+        [--only a,b | --only-drifted DRIFT_DIR] [--refine-iterations N] [--config FILE]
 
 Writes <fit-dir>/models and <fit-dir>/fit_status (Delta, partitioned by column). A re-run
 fits only columns that have not succeeded; --only refits the named ones. Exit code 1 when
-a column failed (the others are still written), 2 on bad input.
+a column failed (the others are still written), 2 on bad input. --only-drifted refits exactly
+the columns the last drift run in DRIFT_DIR marked drifted (none: nothing to do). fit_status
+records the input table version each column was fitted on and why it was (re)fitted.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--backend", choices=["summary", "spark-ml"])
     p.add_argument("--seed", type=int)
     p.add_argument("--only", type=csv_list, help="refit these columns even if they succeeded")
+    p.add_argument("--only-drifted", dest="only_drifted", metavar="DRIFT_DIR",
+                   help="refit exactly the columns the last drift run in DRIFT_DIR marked drifted")
     p.add_argument("--bins", type=int, help="most summary points per column")
     p.add_argument("--max-iter", dest="max_iter", type=int)
     p.add_argument("--n-init", dest="n_init", type=int)

@@ -110,6 +110,7 @@ class GmmFitSettings(_Section):
     backend: Literal["summary", "spark-ml"] = "summary"
     seed: int = 42
     only: list[str] | None = None
+    only_drifted: str | None = None  # a drift output folder: refit exactly the columns its last run marked drifted
     bins: int = Field(4096, ge=16)  # most summary points per column (EM runs on these)
     max_iter: int | None = Field(None, ge=1)  # None: 5000 for mle, 2000 for bayesian
     n_init: int = Field(3, ge=1)  # EM starts on the summary (k-means++, random, sampled); the best wins
@@ -138,6 +139,20 @@ class TokenizeSettings(_Section):
     value: Literal["mean", "centre"] = "mean"
 
 
+class DriftSettings(_Section):
+    current: str | None = None  # TABLE[@VERSION]
+    baseline: str | None = None  # TABLE[@VERSION]; or baseline_fit
+    baseline_fit: str | None = None  # a gmm_fit folder: each column against the version it was fitted on
+    fit_dir: str | None = None  # models for the log-likelihood drift with --baseline (baseline_fit implies it)
+    columns: list[str] | None = None
+    categorical: list[str] = Field(default_factory=list)  # numeric columns compared as categories
+    bins: int = Field(10, ge=2)
+    psi_threshold: float = Field(0.2, gt=0.0)
+    loglik_threshold: float = Field(0.25, gt=0.0)  # nats per row
+    relative_error: float = Field(1e-4, ge=1e-9, lt=1.0)  # percentile_approx accuracy = ceil(1 / relative_error)
+    output: str = "output/drift"
+
+
 class PipelineSettings(_Section):
     source: str | None = None
     format: Literal["csv", "parquet", "json", "delta"] | None = None
@@ -153,6 +168,7 @@ class Config(_Section):
     gmm_fit: GmmFitSettings = Field(default_factory=GmmFitSettings)
     gmm_transform: GmmTransformSettings = Field(default_factory=GmmTransformSettings)
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
 
 

@@ -9,8 +9,11 @@ Generated with a seeded numpy generator, so every run writes the same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from pipelines import fs
@@ -19,8 +22,12 @@ DEFAULT_ROWS = 20_000
 DEFAULT_K = 4
 
 
-def write_default_source(path: str, *, rows: int = DEFAULT_ROWS, seed: int = 7) -> str:
-    """Write the demo CSV to ``path`` and return it. Small by design: it is built on the driver."""
+def write_default_source(path: str, *, rows: int = DEFAULT_ROWS, seed: int = 7,
+                         shift: Mapping[str, float] | None = None) -> str:
+    """Write the demo CSV to ``path`` and return it. Small by design: it is built on the driver.
+
+    ``shift`` adds a constant to numeric columns (a drifted batch for the drift demo).
+    """
     rng = np.random.default_rng(seed)
     centres = np.array([[-6.0, -6.0], [6.0, -6.0], [-6.0, 6.0], [6.0, 6.0]])
     cluster = rng.integers(0, DEFAULT_K, rows)
@@ -40,6 +47,8 @@ def write_default_source(path: str, *, rows: int = DEFAULT_ROWS, seed: int = 7) 
             "segment": pa.array(segment, pa.string()),
         }
     )
+    for name, offset in (shift or {}).items():
+        table = table.set_column(table.schema.get_field_index(name), name, pc.add(table.column(name), offset))
     sink = pa.BufferOutputStream()
     pacsv.write_csv(table, sink)
     fs.write_bytes(path, sink.getvalue().to_pybytes())

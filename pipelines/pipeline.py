@@ -1,5 +1,9 @@
 """The whole chain in one run: ingest -> cluster_eval -> gmm_fit -> gmm_transform -> tokenize.
 
+On the built-in demo data a second day follows: a new batch with one shifted column
+(:data:`DAY_TWO_SHIFT`) is ingested over bronze, drift compares it with the version the
+models were fitted on, gmm_fit refits only the drifted columns and gmm_transform runs again.
+
 Each stage runs exactly as its own job would (same stage function, same config
 section, its own run summary under its own output folder); this module only chooses
 the folders, passes the bronze table along, and stops at the first stage that fails.
@@ -29,10 +33,11 @@ DEMO_ROLES: dict[str, dict[str, Any]] = {
     "gmm_fit": {"columns": ["amount", "score", "segment"], "categorical": ["segment"], "mixed": {"amount": [0.0]}},
     "tokenize": {"columns": ["amount", "score", "age"]},
 }
+DAY_TWO_SHIFT = {"score": 1.5}  # the demo's second batch: one column moved, the others redrawn alike
 
 
 def _stages() -> list[tuple[str, Stage, str]]:
-    from pipelines import ingest, tokenize
+    from pipelines import drift, ingest, tokenize
     from pipelines.cluster import run as cluster_eval
     from pipelines.gmm import fit as gmm_fit
     from pipelines.gmm import transform as gmm_transform
@@ -43,6 +48,7 @@ def _stages() -> list[tuple[str, Stage, str]]:
         ("gmm_fit", gmm_fit.run, "fit_dir"),
         ("gmm_transform", gmm_transform.run, "output"),
         ("tokenize", tokenize.run, "output"),
+        ("drift", drift.run, "output"),
     ]
 
 
@@ -70,15 +76,24 @@ def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
         "tokenize": {"input": bronze, "output": fs.join(out, "tokenize")},
     }
 
+    stages = {name: (stage, key) for name, stage, key in _stages()}
+    plan = [(name, paths[name]) for name in ("ingest", "cluster_eval", "gmm_fit", "gmm_transform", "tokenize")]
+    if cfg.pipeline.source is None:
+        day_two = write_default_source(fs.join(out, "source", "demo_day2.csv"), seed=8, shift=DAY_TWO_SHIFT)
+        drift = {"current": bronze, "baseline": None, "baseline_fit": fs.join(out, "gmm_fit"), "output": fs.join(out, "drift")}
+        plan += [("ingest", {**paths["ingest"], "source": day_two}), ("drift", drift),
+                 ("gmm_fit", {**paths["gmm_fit"], "only_drifted": drift["output"]}), ("gmm_transform", paths["gmm_transform"])]
     summaries = run.details.setdefault("stages", [])
-    for i, (name, stage, output_key) in enumerate(_stages(), start=1):
-        section = getattr(cfg, name).model_copy(update={**roles.get(name, {}), **paths[name]})
+    for i, (name, update) in enumerate(plan, start=1):
+        stage, output_key = stages[name]
+        section = getattr(cfg, name).model_copy(update={**roles.get(name, {}), **update})
         sub = Run(job=name, output=str(getattr(section, output_key)), params=section.model_dump(), engine=run.engine)
-        run.progress(f"stage {i}/5: {name}")
-        with run.timed(name):
+        label = name if i <= 5 else f"{name} (day 2)"
+        run.progress(f"stage {i}/{len(plan)}: {label}")
+        with run.timed(label):
             _, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub))
         summaries.append({k: summary[k] for k in ("job", "run_id", "status", "output", "counts", "outputs", "error")})
-        run.outputs[name] = sub.output
+        run.outputs[label] = sub.output
         if sub.status != "succeeded":
-            run.status, run.error = "failed", f"stage {name} failed: {sub.error}"
+            run.status, run.error = "failed", f"stage {label} failed: {sub.error}"
             return

@@ -14,7 +14,9 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SCHEMA = REPO.parent / "shared" / "databricks" / "bundle_schema.json"
+# ../shared/databricks/ beside the checkout; a git worktree (e.g. wt/18) finds it further up
+_SCHEMA_PATH = Path("shared", "databricks", "bundle_schema.json")
+SCHEMA = next((p / _SCHEMA_PATH for p in REPO.parents if (p / _SCHEMA_PATH).exists()), REPO.parent / _SCHEMA_PATH)
 SAMPLE_VALUES = {
     "storage_root": "/Volumes/main/default/pipelines",
     "input_path": "/Volumes/main/default/raw/*.csv",
@@ -74,7 +76,8 @@ def test_jobs_have_schedules_alerts_and_retries(bundle):
 def test_gmm_pipeline_task_graph(bundle):
     tasks = {t["task_key"]: t for t in bundle["resources"]["jobs"]["gmm_pipeline"]["tasks"]}
     deps = {k: [d["task_key"] for d in t.get("depends_on", [])] for k, t in tasks.items()}
-    assert deps == {"ingest": [], "gmm_fit": ["ingest"], "gmm_transform": ["gmm_fit"], "tokenize": ["ingest"]}
+    assert deps == {"ingest": [], "drift": ["ingest"], "gmm_fit": ["drift"], "gmm_transform": ["gmm_fit"],
+                    "tokenize": ["ingest"]}
 
 
 def _load_job(path: Path):
@@ -98,7 +101,7 @@ def test_every_task_file_exists_and_accepts_its_parameters(bundle):
         job = _load_job(python_file)
         job.build_parser().parse_args(params)  # exits (SystemExit) on any unknown or bad flag
         seen.add(python_file.stem)
-    assert {"cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize_job"} <= seen
+    assert {"cluster_eval", "ingest", "drift", "gmm_fit", "gmm_transform", "tokenize_job"} <= seen
 
 
 @pytest.mark.slow
@@ -114,7 +117,7 @@ def test_wheel_contains_package_and_default_conf(tmp_path):
         assert expected in names, f"{expected} missing from {wheel.name}"
 
 
-@pytest.mark.parametrize("job", ["cluster_eval", "ingest", "gmm_fit", "gmm_transform", "tokenize_job", "pipeline"])
+@pytest.mark.parametrize("job", ["cluster_eval", "ingest", "drift", "gmm_fit", "gmm_transform", "tokenize_job", "pipeline"])
 def test_job_file_runs_as_a_script(job):
     # As a script, jobs/ is first on sys.path: no job file may shadow a standard library module.
     result = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], capture_output=True, text=True)

@@ -41,8 +41,20 @@ def pipeline_run(spark, tmp_path_factory):
 def test_pipeline_runs_every_stage(pipeline_run):
     code, summary, out = pipeline_run
     assert code == 0, summary.get("error")
-    assert [s["job"] for s in summary["stages"]] == ["ingest", "cluster_eval", "gmm_fit", "gmm_transform", "tokenize"]
+    assert [s["job"] for s in summary["stages"]] == [
+        "ingest", "cluster_eval", "gmm_fit", "gmm_transform", "tokenize",  # day 1
+        "ingest", "drift", "gmm_fit", "gmm_transform",  # day 2: a batch with one shifted column
+    ]
     assert all(s["status"] == "succeeded" for s in summary["stages"])
+    # day 2 drifted in exactly the shifted column, and only that column was refitted on the new version
+    drift = json.loads((out / "drift" / "summary.json").read_text())
+    assert drift["drifted"] == ["score"], drift["columns"]
+    refit = summary["stages"][7]
+    assert refit["counts"]["to_fit"] == 1 and refit["counts"]["fitted"] == 1
+    status = {r["column"]: r for r in pl.read_delta(str(out / "gmm_fit" / "fit_status")).to_dicts()}
+    day_one = status["amount"]["input_version"]
+    assert status["segment"]["input_version"] == day_one
+    assert status["score"]["input_version"] == delta.table_version(str(out / "ingest" / "bronze")) > day_one
     for table in (
         "ingest/bronze",
         "ingest/quarantine",
@@ -50,6 +62,7 @@ def test_pipeline_runs_every_stage(pipeline_run):
         "cluster_eval/assignments",
         "gmm_fit/models",
         "gmm_fit/fit_status",
+        "drift/drift",
         "gmm_transform/transformed_values",
         "gmm_transform/feature_values",
         "tokenize/tokenizer",

@@ -232,9 +232,9 @@ def to_markdown(blocks: Sequence[Block]) -> str:
     return "\n".join(out)
 
 
-def to_html(blocks: Sequence[Block], plots: dict[str, bytes]) -> str:
+def to_html(blocks: Sequence[Block], plots: dict[str, bytes], *, title: str = "Cluster evaluation") -> str:
     e = html.escape
-    out = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Cluster evaluation</title><style>",
+    out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>",
            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
            "table{border-collapse:collapse;font-size:90%}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
            "img{max-width:100%;display:block;margin:1em 0}", "</style></head><body>"]
@@ -254,7 +254,8 @@ def to_html(blocks: Sequence[Block], plots: dict[str, bytes]) -> str:
     return "\n".join(out)
 
 
-def write_report(output: str, blocks: Sequence[Block], plots: dict[str, bytes]) -> dict[str, str]:
+def write_report(output: str, blocks: Sequence[Block], plots: dict[str, bytes], *,
+                 title: str = "Cluster evaluation") -> dict[str, str]:
     """Write plots/*.png, report.md and report.html under ``output``; return their paths."""
     paths: dict[str, str] = {}
     for name, png in plots.items():
@@ -263,5 +264,5 @@ def write_report(output: str, blocks: Sequence[Block], plots: dict[str, bytes]) 
     paths["report_md"] = fs.join(output, "report.md")
     paths["report_html"] = fs.join(output, "report.html")
     fs.write_text(paths["report_md"], to_markdown(blocks))
-    fs.write_text(paths["report_html"], to_html(blocks, plots))
+    fs.write_text(paths["report_html"], to_html(blocks, plots, title=title))
     return paths

@@ -10,7 +10,9 @@ ML's GaussianMixture per column instead, for comparison.
 Artifacts under ``fit_dir``, Delta tables partitioned by ``column``:
 
 - ``models``: :data:`pipelines.gmm.model.MODEL_SCHEMA`, one row per mode;
-- ``fit_status``: :data:`STATUS_SCHEMA`, one row per column (the latest attempt).
+- ``fit_status``: :data:`STATUS_SCHEMA`, one row per column (the latest attempt), with the
+  input table and the Delta version it was fitted on (pinned at the start of the run) and
+  why the attempt ran (first fit, ``--only``, or ``--only-drifted``: a drift run's verdict).
 
 Each column's rows are replaced in one atomic commit (``replace_where={"column": c}``),
 the model before its ``succeeded`` status, so a crash leaves a column ``running`` (and
@@ -80,6 +82,9 @@ STATUS_SCHEMA = pa.schema(
         pa.field("seconds", pa.float64()),  # since the column started, including the shared summary pass
         pa.field("n_rows", pa.int64()),
         pa.field("fit_id", pa.string()),  # run id of the attempt
+        pa.field("input_table", pa.string()),  # the table fitted on, and its Delta version (drift's baseline)
+        pa.field("input_version", pa.int64()),
+        pa.field("reason", pa.string()),  # why this attempt ran: first fit, --only, a drift run's verdict
     ]
 )
 
@@ -352,17 +357,20 @@ def _now() -> datetime:
 class _StatusBook:
     """Writes one column's ``fit_status`` row as it moves running -> succeeded | failed."""
 
-    def __init__(self, fit_dir: str, fit_id: str, previous: Mapping[str, Mapping[str, Any]]) -> None:
+    def __init__(self, fit_dir: str, fit_id: str, previous: Mapping[str, Mapping[str, Any]], *,
+                 input_table: str, input_version: int) -> None:
         self.fit_dir, self.fit_id, self.previous = fit_dir, fit_id, previous
+        self.input_table, self.input_version = input_table, input_version
         self.rows: dict[str, dict[str, Any]] = {}
         self._t0: dict[str, float] = {}
 
-    def start(self, column: str) -> None:
+    def start(self, column: str, reason: str) -> None:
         attempt = int((self.previous.get(column) or {}).get("attempt") or 0) + 1
         self._t0[column] = time.monotonic()
         self.rows[column] = {"column": column, "status": RUNNING, "error": None, "attempt": attempt,
                              "started_at": _now(), "finished_at": None, "seconds": None, "n_rows": None,
-                             "fit_id": self.fit_id}
+                             "fit_id": self.fit_id, "input_table": self.input_table,
+                             "input_version": self.input_version, "reason": reason}
         self._write(column)
 
     def finish(self, column: str, status: str, *, n_rows: int | None = None, error: str | None = None) -> None:
@@ -444,9 +452,13 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
         raise UserError("gmm_fit.input: required (--input TABLE)")
     if s.backend == "spark-ml" and s.mode != "mle":
         raise UserError(f"gmm_fit.mode: backend 'spark-ml' fits only mode 'mle', got {s.mode!r}")
+    if s.only and s.only_drifted:
+        raise UserError("gmm_fit: give at most one of --only and --only-drifted")
     if not delta.table_exists(s.input):
         raise UserError(f"{s.input}: not a Delta table")
-    df = delta.read_table(spark, s.input)
+    # the version is pinned, so fit_status names exactly the data the models saw
+    input_version = delta.table_version(s.input)
+    df = delta.read_table(spark, s.input, version=input_version)
     specs = plan_columns(df.dtypes, s)
     by_name = {spec.column: spec for spec in specs}
     if s.only:
@@ -455,22 +467,29 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
             raise UserError(f"gmm_fit.only: column(s) {', '.join(unknown)} are not among the columns to fit")
 
     previous = read_status(s.fit_dir)
-    if s.only:
+    if s.only_drifted:
+        reasons = _drifted_reasons(s.only_drifted, by_name, run)
+        todo = [by_name[c] for c in reasons]
+    elif s.only:
+        reasons = {c: "--only" for c in s.only}
         todo = [by_name[c] for c in dict.fromkeys(s.only)]
     else:
         todo = [spec for spec in specs if (previous.get(spec.column) or {}).get("status") != SUCCEEDED]
+        reasons = {spec.column: "not fitted yet" if spec.column not in previous
+                   else f"last attempt {previous[spec.column]['status']}" for spec in todo}
     skipped = [spec.column for spec in specs if spec not in todo]
     run.counts.update(columns=len(specs), to_fit=len(todo), already_succeeded=len(skipped))
     run.outputs.update(models=_path(s.fit_dir, MODELS), fit_status=_path(s.fit_dir, FIT_STATUS))
-    if skipped:
+    run.details["input"] = {"table": s.input, "version": input_version}
+    if skipped and not s.only_drifted:
         run.progress(f"{len(skipped)} column(s) already fitted, skipping: {', '.join(skipped)}")
     if not todo:
         run.details["columns"] = {}
         return
 
-    book = _StatusBook(s.fit_dir, run.run_id, previous)
+    book = _StatusBook(s.fit_dir, run.run_id, previous, input_table=s.input, input_version=input_version)
     for spec in todo:
-        book.start(spec.column)
+        book.start(spec.column, reasons[spec.column])
     errors: dict[str, str] = {}
     types = dict(df.dtypes)
     summarizable = [sp for sp in todo if sp.column_type == "categorical" or _is_numeric(types[sp.column])]
@@ -561,6 +580,24 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
         run.status = "failed"
         run.error = "column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed)
         run.progress(f"error: {len(failed)} column(s) failed: {', '.join(failed)}")
+
+
+def _drifted_reasons(drift_dir: str, by_name: Mapping[str, ColumnSpec], run: Run) -> dict[str, str]:
+    """The columns the last drift run in ``drift_dir`` marked drifted, with its reasons (fitted columns only)."""
+    from pipelines.drift import read_summary
+
+    summary = read_summary(drift_dir)
+    drifted = list(summary["drifted"])
+    outside = [c for c in drifted if c not in by_name]
+    if outside:
+        run.warn(f"drifted column(s) {', '.join(outside)} are not among the columns to fit; not refitted")
+    reasons = {c: f"drift run {summary['run_id']}: {summary['columns'][c]['reason']}" for c in drifted if c in by_name}
+    run.details["only_drifted"] = {"drift_run": summary["run_id"], "columns": reasons}
+    if reasons:
+        run.progress(f"refitting {len(reasons)} drifted column(s): {', '.join(reasons)}")
+    else:
+        run.progress(f"no column drifted in drift run {summary['run_id']} ({drift_dir}): nothing to refit")
+    return reasons
 
 
 def _fit_column(df: DataFrame, summary: ColumnSummary, s: GmmFitSettings) -> Mixture | None:
