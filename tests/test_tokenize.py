@@ -290,3 +290,12 @@ def test_job_runs_as_a_script_despite_its_stdlib_name():
     done = subprocess.run([sys.executable, str(root / "jobs" / "tokenize.py"), "--help"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: tokenize")
+
+
+def test_detokenized_columns_keep_the_input_order(source, tmp_path, capsys):
+    out = str(tmp_path / "order")
+    assert _run(capsys, ["--input", source["one"], "--columns", "c,a,b", "--output", out, "--bins", "8"])[0] == 0
+    assert delta.scan_table(f"{out}/tokens").collect_schema().names() == ["_row_id", "c", "a", "b"]
+    back = ["--detokenize", "--tokenizer", f"{out}/tokenizer", "--input", f"{out}/tokens", "--output", f"{out}/back"]
+    assert _run(capsys, back)[0] == 0
+    assert delta.scan_table(f"{out}/back/detokenized").collect_schema().names() == ["_row_id", "c", "a", "b"]

@@ -501,7 +501,6 @@ def _run_detokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     source = _require(s.input, "--input")
     out_path = fs.join(s.output, "detokenized")
     bins = read_tokenizer(tokenizer_path, s.columns, spark=spark if s.engine == "spark" else None)
-    names = [b.column for b in bins]
     if s.engine == "spark":
         df = delta.read_table(spark, source)
         types = {f.name: f.dataType.simpleString() for f in df.schema.fields}
@@ -509,6 +508,10 @@ def _run_detokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
     else:
         types = {f.name: str(f.type) for f in delta.table_schema(source)}
         integer = {"int8", "int16", "int32", "int64"}
+    if s.columns is None:  # the tokens table's column order (the tokenizer table's is alphabetical)
+        position = {name: i for i, name in enumerate(types)}
+        bins.sort(key=lambda b: position.get(b.column, len(position)))
+    names = [b.column for b in bins]
     for name in (ROW_ID, *names):
         if name not in types:
             raise UserError(f"{source}: no column '{name}' (the tokens table must hold {ROW_ID} and the tokenizer's columns)")
