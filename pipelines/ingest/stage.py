@@ -139,6 +139,7 @@ def run_ingest(spark: SparkSession, cfg: Config, run: Run) -> None:
         raise UserError("--source: required (or ingest.source in the config)")
     if not s.format:
         raise UserError("--format: required: csv, parquet, json or delta (or ingest.format in the config)")
+    run.record = not s.dry_run  # a preview leaves no trace, also when it fails
     out = {kind: fs.join(s.output, kind) for kind in ("bronze", "quarantine", "_ingested_files")}
     ingested_at = datetime.fromisoformat(run.started_at)
     with _scoped_conf(spark):
@@ -387,7 +388,6 @@ def _null_values_record(cols: Columns, s: IngestSettings) -> dict[str, Any]:
 
 def _print_preview(cols: Columns, run: Run) -> None:
     """``--dry-run``: the schema, name mapping and null tokens seen, as a table on stdout (nothing written)."""
-    run.record = False
     seen = run.details.get("null_tokens_seen", {})
     rows = [(repr(o), c, cols.target[c].simpleString(), cols.origin[c],
              ", ".join(f"{t} x{n}" for t, n in seen.get(c, {}).items()))
