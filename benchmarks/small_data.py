@@ -1,6 +1,7 @@
 """Benchmark: every job on small data, each against a trivial ``spark-submit`` in the same run.
 
-    python -m benchmarks.small_data [--out benchmarks/data/small] [--datasets demo,diabetes] [--baseline-tree DIR]
+    python -m benchmarks.small_data [--out benchmarks/data/small] [--datasets demo,diabetes] [--jobs ingest,pipeline]
+        [--baseline-tree DIR]
 
 Two small, real inputs:
 
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "data" / "small"))
     p.add_argument("--datasets", default="demo,diabetes")
+    p.add_argument("--jobs", help="comma-separated job labels to run (default: all; ingest is always run first)")
     p.add_argument("--baseline-tree", type=Path, help="another checkout whose ingest runs beside this one")
     p.add_argument("--session-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -133,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     record("-", trivial[0], submit(trivial[1], trivial[2]))
     for name in [d.strip() for d in args.datasets.split(",")]:
         root = out / name
+        wanted = None if args.jobs is None else {"ingest", *(j.strip() for j in args.jobs.split(","))}
         for label, script, job_args in jobs_for(name, sources[name], root):
-            record(name, label, submit(script, job_args))
+            if wanted is None or label in wanted:
+                record(name, label, submit(script, job_args))
         if args.baseline_tree:
             base = jobs_for(name, sources[name], out / f"{name}_baseline")[0]
             record(name, f"ingest ({args.baseline_tree})", submit(base[1], base[2], tree=args.baseline_tree))
