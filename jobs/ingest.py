@@ -1,10 +1,13 @@
 """Ingest raw files into a bronze Delta table, with a quarantine table for every row it cannot take.
 
     spark-submit jobs/ingest.py --source PATH_OR_GLOB --format csv|parquet|json|delta --output DIR \
-        [--schema FILE] [--name NAME] [--mode overwrite|append] [--force] [--config FILE]
+        [--schema FILE] [--name NAME] [--mode overwrite|append] [--force] [--null-values 'NA,N/A,'] \
+        [--dry-run] [--config FILE]
 
 Writes DIR/bronze, DIR/quarantine, DIR/_ingested_files and DIR/_runs/<run_id>.json; the
 last stdout line is the run summary. Bad input: one line on stderr, exit code 2.
+--dry-run reads only the type-inference sample, prints the schema, the source -> safe
+name mapping and the null tokens seen, and writes nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +16,11 @@ from collections.abc import Sequence
 
 from pipelines import ingest
 from pipelines.runs import JobArgumentParser, add_config_flag, execute
+
+
+def _tokens(text: str) -> list[str]:
+    """``NA,N/A,`` -> ``["NA", "N/A", ""]``; ``''`` -> ``[""]`` (empty fields only)."""
+    return [t.strip() for t in text.split(",")]
 
 
 def build_parser() -> JobArgumentParser:
@@ -31,6 +39,11 @@ def build_parser() -> JobArgumentParser:
     parser.add_argument("--encoding", help="text encoding of CSV/JSON files (default UTF-8)")
     parser.add_argument("--no-multiline", dest="multiline", action="store_false", default=None,
                         help="CSV records are single lines: split big files across tasks")
+    parser.add_argument("--null-values", type=_tokens, metavar="A,B,...",
+                        help="comma-separated text meaning null in CSV/JSON ('' = empty only; "
+                        "default: '',NA,N/A,null,NULL,None,#N/A)")
+    parser.add_argument("--dry-run", "--print-schema", dest="dry_run", action="store_true", default=None,
+                        help="print the inferred schema, name mapping and null tokens seen; write nothing")
     add_config_flag(parser)
     return parser
 

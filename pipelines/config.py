@@ -27,6 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pipelines.errors import UserError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
+# What people's exports write for "no value" (ingest.null_values). NaN and inf are not
+# here: they are floating-point values.
+DEFAULT_NULL_VALUES = ("", "NA", "N/A", "null", "NULL", "None", "#N/A")
 
 
 class _Section(BaseModel):
@@ -73,6 +76,9 @@ class IngestSettings(_Section):
     # CSV quoted fields may hold newlines; True parses them correctly but reads each file in
     # one task. False splits big files across tasks (records must then be one line each).
     multiline: bool = True
+    # Text that means null in CSV / JSON sources (compared after trimming spaces); [""]: empty only.
+    null_values: list[str] = Field(default_factory=lambda: list(DEFAULT_NULL_VALUES))
+    dry_run: bool = False  # print the inferred schema, name mapping and null tokens; write nothing
 
 
 class ClusterEvalSettings(_Section):

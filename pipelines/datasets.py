@@ -53,3 +53,46 @@ def write_default_source(path: str, *, rows: int = DEFAULT_ROWS, seed: int = 7,
     pacsv.write_csv(table, sink)
     fs.write_bytes(path, sink.getvalue().to_pybytes())
     return path
+
+
+# scikit-learn's diabetes data (Efron et al. 2004) under the headers a spreadsheet export
+# would carry: spaces, parentheses, units and unicode.
+DIABETES_HEADER = (
+    "Age (years)", "Sex", "BMI (kg/m²)", "Blood pressure (mm Hg)", "Total cholesterol (TC)", "LDL", "HDL",
+    "TC / HDL", "log Triglycerides (LTG)", "Blood sugar (GLU)", "Progression (1 yr)",
+)
+DIABETES_MISSING_COLUMNS = (2, 3, 4, 5, 6, 9)  # the columns where the export writes null tokens
+DIABETES_NULL_TOKENS = ("NA", "N/A", "null")
+
+
+def write_diabetes_export(path: str, *, missing: float = 0.04, seed: int = 0) -> str:
+    """Write scikit-learn's raw diabetes data (442 rows) as a messy CSV export; return ``path``.
+
+    A seeded ``missing`` fraction of the cells of :data:`DIABETES_MISSING_COLUMNS` is
+    written as one of :data:`DIABETES_NULL_TOKENS` (in turn), the way exports write "no
+    value". Numbers are written with ``repr``, so they read back exactly.
+    """
+    import csv
+    import io
+
+    from sklearn.datasets import load_diabetes
+
+    data = load_diabetes(scaled=False)
+    rng = np.random.default_rng(seed)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(DIABETES_HEADER)
+    n_tokens = 0
+    for features, target in zip(data.data, data.target, strict=True):
+        row = [_number(v) for v in (*features, target)]
+        for j in DIABETES_MISSING_COLUMNS:
+            if rng.random() < missing:
+                row[j] = DIABETES_NULL_TOKENS[n_tokens % len(DIABETES_NULL_TOKENS)]
+                n_tokens += 1
+        writer.writerow(row)
+    fs.write_text(path, out.getvalue())
+    return path
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))

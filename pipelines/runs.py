@@ -51,6 +51,7 @@ class Run:
     error: str | None = None
     # The engine that runs the stage's per-file tasks (pipelines.engine.Engine); set by execute.
     engine: Any = field(default=None, repr=False)
+    record: bool = True  # False for a preview (--dry-run): the summary is printed, never written
     _t0: float = field(default_factory=time.monotonic, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,8 +95,10 @@ class Run:
         }
 
     def write_summary(self) -> dict[str, Any]:
-        """Write ``<output>/_runs/<run_id>.json`` and return the summary."""
+        """Write ``<output>/_runs/<run_id>.json`` (unless :attr:`record` is off) and return the summary."""
         data = self.summary()
+        if not self.record:
+            return data
         fs.write_text(fs.join(self.output, "_runs", f"{self.run_id}.json"), json.dumps(data, default=str, indent=2))
         return data
 

@@ -17,7 +17,7 @@ import pytest
 from chispa import assert_df_equality
 
 from jobs.ingest import main
-from pipelines import delta
+from pipelines import datasets, delta
 from pipelines.ingest import stage
 
 MESSY_CSV = (
@@ -37,6 +37,11 @@ MESSY_CSV = (
     b"12,-0.0,last\n"
     b"13, ,blank amount\n"
 )
+# The documented safe names of the diabetes export's header (README, "ingest").
+DIABETES_SAFE_NAMES = [
+    "age_years", "sex", "bmi_kg_m2", "blood_pressure_mm_hg", "total_cholesterol_tc", "ldl", "hdl", "tc_hdl",
+    "log_triglycerides_ltg", "blood_sugar_glu", "progression_1_yr",
+]
 BAD_ROWS = {
     9: "wrong number of fields: expected 3, got 5",
     10: "wrong number of fields: expected 3, got 1",
@@ -80,20 +85,25 @@ def reasons(quarantine, key="_reason"):
 # --------------------------------------------------------------------------- CSV
 
 
-def test_messy_csv_inferred_keeps_every_value_and_quarantines_bad_records(spark, tmp_path, capsys):
+@pytest.mark.parametrize("null_values", [None, ""], ids=["default-tokens", "empty-only"])
+def test_messy_csv_inferred_keeps_every_value_and_quarantines_bad_records(spark, tmp_path, capsys, null_values):
     src = write(tmp_path / "in" / "messy.csv", MESSY_CSV)
-    summary, bronze, quarantine = ok_run(capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out")
+    flags = [] if null_values is None else ["--null-values", null_values]
+    summary, bronze, quarantine = ok_run(capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out",
+                                         *flags)
 
     counts = summary["counts"]
     assert (counts["rows_read"], counts["rows_written"], counts["rows_quarantined"], counts["files"]) == (14, 10, 4, 1)
-    # N/A, 1,5 and 1e400 cannot all be doubles: the column keeps its text.
+    # 1,5 and 1e400 cannot be doubles: the column keeps its text. N/A is null by default, and
+    # text with --null-values '' (empty only: the behaviour before null tokens).
     assert [(c["name"], c["type"], c["from"]) for c in summary["schema"]] == [
         ("id", "bigint", "inferred"), ("amount", "string", "inferred"), ("note", "string", "inferred"),
     ]
     expected = spark.createDataFrame(
         [
             (1, "1.5", "hello, world"), (2, "NaN", "line one\nline two"), (3, "inf", "plain"), (4, "-inf", 'say "hi"'),
-            (5, None, "empty amount"), (6, "N/A", "not a number"), (7, "1,5", "comma decimal"),
+            (5, None, "empty amount"), (6, "N/A" if null_values == "" else None, "not a number"),
+            (7, "1,5", "comma decimal"),
             (8, "1e400", "overflow"), (12, "-0.0", "last"), (13, " ", "blank amount"),
         ],
         "id bigint, amount string, note string",
@@ -114,27 +124,31 @@ def test_messy_csv_inferred_keeps_every_value_and_quarantines_bad_records(spark,
     assert sorted(all_ids) == list(range(14))
 
 
-def test_messy_csv_with_schema_file_quarantines_values_that_fail_their_type(spark, tmp_path, capsys):
+@pytest.mark.parametrize("null_values", [None, ""], ids=["default-tokens", "empty-only"])
+def test_messy_csv_with_schema_file_quarantines_values_that_fail_their_type(spark, tmp_path, capsys, null_values):
     src = write(tmp_path / "messy.csv", MESSY_CSV)
     schema = write(tmp_path / "schema.yaml", "id: bigint\namount: double\nnote: string\n")
+    flags = [] if null_values is None else ["--null-values", null_values]
     summary, bronze, quarantine = ok_run(
-        capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out", "--schema", schema
+        capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out", "--schema", schema, *flags
     )
+    na_row = [] if null_values == "" else [(6, None, "not a number")]  # N/A: a null token, or a bad double
     expected = spark.createDataFrame(
         [(1, 1.5, "hello, world"), (2, math.nan, "line one\nline two"), (3, math.inf, "plain"), (4, -math.inf, 'say "hi"'),
-         (5, None, "empty amount"), (12, -0.0, "last"), (13, None, "blank amount")],
+         (5, None, "empty amount"), *na_row, (12, -0.0, "last"), (13, None, "blank amount")],
         "id bigint, amount double, note string",
     )
     assert_df_equality(bronze.select("id", "amount", "note"), expected, ignore_row_order=True, ignore_nullable=True,
                        allow_nan_equality=True)
+    na_reason = ["amount: cannot parse 'N/A' as double"] if null_values == "" else []
     assert reasons(quarantine) == sorted([
-        *BAD_ROWS.values(), "repeated header row",
-        "amount: cannot parse 'N/A' as double",
+        *BAD_ROWS.values(), "repeated header row", *na_reason,
         "amount: cannot parse '1,5' as double",
         "amount: value '1e400' out of range for double",
     ])
-    # null: no value in the source (row 5); empty: blank text (row 13); both are null in bronze.
-    assert summary["special_values"]["amount"] == {"null": 1, "empty": 1, "nan": 1, "pos_inf": 1, "neg_inf": 1}
+    # null: no value in the source (row 5) or a null token (row 6); empty: blank text (row 13).
+    nulls = 1 if null_values == "" else 2
+    assert summary["special_values"]["amount"] == {"null": nulls, "empty": 1, "nan": 1, "pos_inf": 1, "neg_inf": 1}
     assert summary["special_values"]["note"] == {"null": 0, "empty": 0}
     assert [c["from"] for c in summary["schema"]] == ["schema_file"] * 3
 
@@ -166,9 +180,82 @@ def test_column_names_made_safe_and_recorded(spark, tmp_path, capsys):
     assert summary["column_mapping"] == mapping
     props = delta.table_properties(summary["outputs"]["bronze"])
     assert json.loads(props["pipelines.ingest.columnMapping"]) == mapping
+    if delta.backend(spark) == "delta-rs":  # where the README says it is on this backend
+        from deltalake import DeltaTable
+
+        described = json.loads(DeltaTable(summary["outputs"]["bronze"]).metadata().description)["pipelines.properties"]
+        assert json.loads(described["pipelines.ingest.columnMapping"]) == mapping
     # Nothing was written outside the output root.
     assert sorted(os.listdir(tmp_path)) == ["names.csv", "out"]
     assert sorted(os.listdir(tmp_path / "out")) == ["_ingested_files", "_runs", "bronze", "quarantine"]
+
+
+def test_null_tokens_in_a_real_export_keep_numeric_columns_numeric(spark, tmp_path, capsys):
+    """scikit-learn's diabetes data as an export with NA / N/A / null cells: typed, nulls counted, values exact."""
+    from sklearn.datasets import load_diabetes
+
+    src = datasets.write_diabetes_export(str(tmp_path / "diabetes.csv"))
+    summary, bronze, quarantine = ok_run(capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out")
+    assert summary["counts"]["rows_quarantined"] == 0 and summary["counts"]["rows_written"] == 442
+    assert [c["name"] for c in summary["schema"]] == DIABETES_SAFE_NAMES
+    types = {c["name"]: c["type"] for c in summary["schema"]}
+    assert set(types.values()) <= {"bigint", "double"}, types
+    # Every token written is a counted null, and in no other column.
+    text = (tmp_path / "diabetes.csv").read_text().splitlines()[1:]
+    cells = [line.split(",") for line in text]
+    for j, name in enumerate(DIABETES_SAFE_NAMES):
+        tokens = sum(row[j] in datasets.DIABETES_NULL_TOKENS for row in cells)
+        assert summary["special_values"][name]["null"] == tokens, name
+        assert (tokens > 0) == (j in datasets.DIABETES_MISSING_COLUMNS)
+    assert {t for seen in summary["null_tokens_seen"].values() for t in seen} == set(datasets.DIABETES_NULL_TOKENS)
+    # The values that are present equal scikit-learn's, row by row (the id is the record's position).
+    data = load_diabetes(scaled=False)
+    reference = [[*map(float, features), float(target)] for features, target in zip(data.data, data.target, strict=True)]
+    for r in bronze.orderBy("_row_id").collect():
+        want = reference[r["_row_id"]]
+        got = [r[name] for name in DIABETES_SAFE_NAMES]
+        assert all(g is None or g == w for g, w in zip(got, want, strict=True)), (got, want)
+    # With empty-only null tokens the same file gives text columns (the behaviour before tokens).
+    summary, _, _ = ok_run(capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "out2",
+                           "--null-values", "")
+    assert {c["name"]: c["type"] for c in summary["schema"]}["bmi_kg_m2"] == "string"
+
+
+def test_schema_file_null_values_per_column(spark, tmp_path, capsys):
+    src = write(tmp_path / "a.csv", "a,b\n1,-\n-,NA\n3,4\n")
+    schema = write(tmp_path / "s.yaml", "a: {type: bigint, null_values: ['-']}\nb: double\n")
+    summary, bronze, quarantine = ok_run(capsys, spark, "--source", src, "--format", "csv", "--output", tmp_path / "o",
+                                         "--schema", schema)
+    # a: only '-' is null; b: the run's tokens (NA), so its '-' fails as a double.
+    assert_df_equality(bronze.select("a", "b"), spark.createDataFrame([(None, None), (3, 4.0)], "a bigint, b double"),
+                       ignore_row_order=True, ignore_nullable=True)
+    assert reasons(quarantine) == ["b: cannot parse '-' as double"]
+    assert summary["null_values"]["columns"] == {"a": ["-"]}
+
+
+def test_dry_run_prints_schema_mapping_and_tokens_and_writes_nothing(spark, tmp_path, capsys):
+    src = datasets.write_diabetes_export(str(tmp_path / "in" / "diabetes.csv"))
+    out = tmp_path / "out"
+    code = main(["--source", src, "--format", "csv", "--output", str(out), "--dry-run", "--infer-sample-rows", "100"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    lines = captured.out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert summary["status"] == "succeeded" and summary["counts"]["sample_rows"] == 100
+    assert summary["column_mapping"] == [{"original": o, "safe": n}
+                                         for o, n in zip(datasets.DIABETES_HEADER, DIABETES_SAFE_NAMES, strict=True)]
+    table = "\n".join(lines[:-1])
+    assert "'BMI (kg/m²)'" in table and "bmi_kg_m2" in table and "double" in table
+    # The tokens of the 100 sampled rows, as the file has them.
+    cells = [line.split(",")[2] for line in (tmp_path / "in" / "diabetes.csv").read_text().splitlines()[1:101]]
+    seen = {t: cells.count(t) for t in datasets.DIABETES_NULL_TOKENS if t in cells}
+    assert seen and summary["null_tokens_seen"]["bmi_kg_m2"] == seen
+    bmi_line = next(line for line in lines if line.startswith("'BMI (kg/m²)'"))
+    assert all(f"{t} x{n}" in bmi_line for t, n in seen.items())
+    assert "rows_read" not in summary["counts"]
+    # Nothing written: no output folder, no table, no run record.
+    assert not out.exists()
+    assert sorted(os.listdir(tmp_path)) == ["in"]
 
 
 # --------------------------------------------------------------------------- JSON, Parquet, Delta

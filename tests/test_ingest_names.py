@@ -45,3 +45,15 @@ def test_safe_names_are_valid_single_path_components_and_never_metadata_columns(
         assert name not in METADATA_COLUMNS
         assert not name.startswith("_")
         assert name == name.lower() and name.replace("_", "").isalnum()
+
+
+def test_documented_examples():
+    """The README's examples (ingest) and the diabetes export's header, as documented."""
+    from pipelines.datasets import DIABETES_HEADER
+
+    assert safe_names(["Weight (kg/m²)", "Amount (€)", "Amount", "2nd", "€"]) == [
+        "weight_kg_m2", "amount", "amount_2", "c_2nd", "col_5"]
+    assert safe_names(DIABETES_HEADER) == [
+        "age_years", "sex", "bmi_kg_m2", "blood_pressure_mm_hg", "total_cholesterol_tc", "ldl", "hdl", "tc_hdl",
+        "log_triglycerides_ltg", "blood_sugar_glu", "progression_1_yr",
+    ]

@@ -308,3 +308,12 @@ def test_detokenize_with_the_local_engine_starts_no_spark(runs, tmp_path):
                           env={**os.environ, "PYTHONPATH": str(root)})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.strip().splitlines()[-1])["counts"]["rows"] == 6000
+
+
+def test_detokenized_columns_keep_the_input_order(source, tmp_path, capsys):
+    out = str(tmp_path / "order")
+    assert _run(capsys, ["--input", source["one"], "--columns", "c,a,b", "--output", out, "--bins", "8"])[0] == 0
+    assert delta.scan_table(f"{out}/tokens").collect_schema().names() == ["_row_id", "c", "a", "b"]
+    back = ["--detokenize", "--tokenizer", f"{out}/tokenizer", "--input", f"{out}/tokens", "--output", f"{out}/back"]
+    assert _run(capsys, back)[0] == 0
+    assert delta.scan_table(f"{out}/back/detokenized").collect_schema().names() == ["_row_id", "c", "a", "b"]

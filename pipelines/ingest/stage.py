@@ -49,6 +49,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
+import polars as pl
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame, Observation
 from pyspark.sql import functions as F
@@ -57,6 +58,7 @@ from pyspark.sql import types as T
 from pipelines import delta, fs
 from pipelines.columns import quote as _quote
 from pipelines.errors import UserError
+from pipelines.ingest import infer
 from pipelines.ingest import names as N
 from pipelines.ingest import schema as S
 from pipelines.ingest import sources as src
@@ -108,6 +110,7 @@ class Columns:
     target: dict[str, T.DataType] = field(default_factory=dict)
     origin: dict[str, str] = field(default_factory=dict)  # safe name -> schema_file | table | inferred | source
     delimiter: str = ","  # CSV only
+    null_values: dict[str, tuple[str, ...]] = field(default_factory=dict)  # safe name -> tokens (CSV / JSON)
 
     def mapping(self) -> list[dict[str, str]]:
         return [{"original": o, "safe": s} for o, s in zip(self.original, self.safe, strict=True)]
@@ -136,6 +139,7 @@ def run(spark: SparkSession, s: IngestSettings, run: Run) -> None:
         raise UserError("--source: required (or ingest.source in the config)")
     if not s.format:
         raise UserError("--format: required: csv, parquet, json or delta (or ingest.format in the config)")
+    run.record = not s.dry_run  # a preview leaves no trace, also when it fails
     out = {kind: fs.join(s.output, kind) for kind in ("bronze", "quarantine", "_ingested_files")}
     ingested_at = datetime.fromisoformat(run.started_at)
     with _scoped_conf(spark):
@@ -147,9 +151,12 @@ def run(spark: SparkSession, s: IngestSettings, run: Run) -> None:
         with run.timed("schema"):
             raw, cols = _read_raw(spark, s, files)
             _choose_types(raw, cols, s, out["bronze"], run)
+        if s.dry_run:
+            _print_preview(cols, run)
+            return
         plan = _plan(raw, cols, s, files, first_ordinal=first_ordinal, ingested_at=ingested_at)
         _write(plan, cols, s, files, out, run, first_ordinal=first_ordinal)
-    if run.status == "running":
+    if run.status == "running" and not s.dry_run:
         _write_ledger(s, files, first_ordinal, out["_ingested_files"], run, ingested_at)
 
 
@@ -275,6 +282,8 @@ def _read_raw(spark: SparkSession, s: IngestSettings, files: list[src.SourceFile
         renamed = [F.col(_quote(o)).alias(n) for o, n in zip(df.columns[:-1], safe, strict=True)]
         renamed.append(F.col(src.CORRUPT))
     cols = Columns(original=list(original), safe=safe, read_types=read_types, delimiter=delimiter)
+    if s.format in ("csv", "json"):
+        cols.null_values = {c: tuple(s.null_values) for c in safe}
     if schema_fields is not None:
         _apply_schema_file(cols, schema_fields, s)
     return df.select(*renamed, *meta), cols
@@ -284,7 +293,7 @@ def _read_csv(
     spark: SparkSession,
     s: IngestSettings,
     files: list[src.SourceFile],
-    schema_fields: list[tuple[str, T.DataType]] | None,
+    schema_fields: list[S.SchemaField] | None,
 ) -> tuple[DataFrame, list[str], str]:
     nonempty = [f for f in files if f.size > 0]
     if not nonempty:
@@ -295,7 +304,7 @@ def _read_csv(
         src.check_headers(nonempty, first, delimiter=delimiter, encoding=s.encoding)
         original = first
     elif schema_fields is not None:
-        original = [name for name, _ in schema_fields]
+        original = [f.name for f in schema_fields]
     else:
         original = [f"col_{i + 1}" for i in range(len(first))]
     df = src.read_csv(
@@ -305,13 +314,15 @@ def _read_csv(
     return df, original, delimiter
 
 
-def _apply_schema_file(cols: Columns, fields: list[tuple[str, T.DataType]], s: IngestSettings) -> None:
+def _apply_schema_file(cols: Columns, fields: list[S.SchemaField], s: IngestSettings) -> None:
     by_name = {**dict(zip(cols.safe, cols.safe, strict=True)), **dict(zip(cols.original, cols.safe, strict=True))}
-    for name, dtype in fields:
-        if name not in by_name:
-            raise UserError(f"{s.schema_file}: column {name!r} is not in the source (columns: {_names(cols.original)})")
-        cols.target[by_name[name]] = dtype
-        cols.origin[by_name[name]] = "schema_file"
+    for f in fields:
+        if f.name not in by_name:
+            raise UserError(f"{s.schema_file}: column {f.name!r} is not in the source (columns: {_names(cols.original)})")
+        c = by_name[f.name]
+        cols.target[c], cols.origin[c] = f.type, "schema_file"
+        if f.null_values is not None and s.format in ("csv", "json"):
+            cols.null_values[c] = f.null_values
 
 
 def _names(names: list[str]) -> str:
@@ -336,19 +347,55 @@ def _choose_types(raw: DataFrame, cols: Columns, s: IngestSettings, bronze: str,
         for c, t in zip(cols.safe, cols.read_types, strict=True):
             if c in todo:
                 cols.target[c], cols.origin[c] = t, "source"
-    elif todo:
-        usable = F.col(src.CORRUPT).isNull()
-        if s.format == "csv" and s.header:
-            usable = usable & ~_repeated_header(cols)
-        sample = raw.where(usable).select(*todo).limit(s.infer_sample_rows)
-        for c, t in S.infer_types(sample, todo).items():
-            cols.target[c], cols.origin[c] = t, "inferred"
+    elif todo or s.dry_run:
+        sample = _text_sample(raw, cols, s)
+        for c, t in infer.infer_types(sample.select(todo), null_values=cols.null_values).items():
+            cols.target[c], cols.origin[c] = T.DataType.fromDDL(t), "inferred"
+        run.counts["sample_rows"] = sample.height
+        run.details["null_tokens_seen"] = infer.tokens_seen(sample, null_values=cols.null_values)
     schema = [{"name": c, "original": o, "type": cols.target[c].simpleString(), "from": cols.origin[c]}
               for c, o in zip(cols.safe, cols.original, strict=True)]
     run.details["schema"] = schema
     run.details["column_mapping"] = cols.mapping()
+    if cols.null_values:
+        run.details["null_values"] = _null_values_record(cols, s)
     for item in schema:
         run.progress(f"schema: {item['name']} {item['type']} ({item['from']}; source column {item['original']!r})")
+
+
+def _text_sample(raw: DataFrame, cols: Columns, s: IngestSettings) -> pl.DataFrame:
+    """The first ``infer_sample_rows`` well-formed records (CSV / JSON), as strings on the driver.
+
+    Bounded by the setting whatever the input size; Spark stops reading each split once
+    the limit is reached.
+    """
+    usable = F.col(src.CORRUPT).isNull()
+    if s.format == "csv" and s.header:
+        usable = usable & ~_repeated_header(cols)
+    return pl.from_arrow(raw.where(usable).select(*cols.safe).limit(s.infer_sample_rows).toArrow())
+
+
+def _null_values_record(cols: Columns, s: IngestSettings) -> dict[str, Any]:
+    """The run's null tokens, and the columns whose schema-file entry replaced them."""
+    run_set = tuple(s.null_values)
+    own = {c: list(t) for c, t in cols.null_values.items() if t != run_set}
+    return {"default": list(run_set), **({"columns": own} if own else {})}
+
+
+def _print_preview(cols: Columns, run: Run) -> None:
+    """``--dry-run``: the schema, name mapping and null tokens seen, as a table on stdout (nothing written)."""
+    seen = run.details.get("null_tokens_seen", {})
+    rows = [(repr(o), c, cols.target[c].simpleString(), cols.origin[c],
+             ", ".join(f"{t} x{n}" for t, n in seen.get(c, {}).items()))
+            for o, c in zip(cols.original, cols.safe, strict=True)]
+    header = ("source column", "column", "type", "from", "null tokens seen")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header) - 1)]
+    sampled = f" in a sample of {run.counts['sample_rows']} rows" if "sample_rows" in run.counts else ""
+    print(f"dry run: nothing written; types{sampled}", flush=True)
+    for r in [header, *rows]:
+        print("  ".join([*(v.ljust(w) for v, w in zip(r, widths, strict=False)), r[-1]]).rstrip(), flush=True)
+    if "null_values" in run.details:
+        print(f"null tokens: {run.details['null_values']['default']} (NaN and inf are floating-point values)", flush=True)
 
 
 def _bronze_types(spark: SparkSession, bronze: str) -> dict[str, T.DataType] | None:
@@ -403,7 +450,7 @@ def _plan(
     text = s.format in ("csv", "json")
     # Each cast is computed once in its own projection: the checks below refer to it several times.
     casts = {
-        c: S.cast_expr(F.col(c), source_type=t, target=cols.target[c])
+        c: S.cast_expr(F.col(c), source_type=t, target=cols.target[c], null_values=cols.null_values.get(c, ()))
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     typed = {c: f"_typed_{i}" for i, c in enumerate(cols.safe) if casts[c] is not None}
@@ -411,7 +458,7 @@ def _plan(
                      _file_ordinal(files, first_ordinal).alias("_ordinal"))
     checks = {
         c: S.check_field(F.col(c), name=c, source_type=t, target=cols.target[c],
-                         cast=F.col(typed[c]) if c in typed else None)
+                         cast=F.col(typed[c]) if c in typed else None, null_values=cols.null_values.get(c, ()))
         for c, t in zip(cols.safe, cols.read_types, strict=True)
     }
     failed, reason = _reason(cols, checks, s) if text else _field_problems(cols, checks, s)
@@ -550,8 +597,12 @@ def _observed_metrics(cols: Columns) -> list[Column]:
     ]
     for i, c in enumerate(cols.safe):
         if _counts_empty(cols, c):
-            # A good row whose typed value is null but whose source text was not: the text was blank.
+            # A good row whose typed value is null but whose source text was not: the text was
+            # blank, or a null token (counted as null).
             blank = good & F.col(f"_typed_{i}").isNull() & F.col(c).isNotNull()
+            token = S.is_null_token(F.col(c), cols.null_values.get(c, ()))
+            if token is not None:
+                blank = blank & ~token
             metrics.append(F.count_if(blank).alias(f"{c}\x00empty"))
     return metrics
 

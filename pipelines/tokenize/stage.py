@@ -462,8 +462,11 @@ def _run_detokenize(engine: Engine, s: TokenizeSettings, run: Run) -> None:
     source = _require(s.input, "--input")
     out_path = fs.join(s.output, "detokenized")
     bins = read_tokenizer(tokenizer_path, s.columns, spark=engine.spark)
-    names = [b.column for b in bins]
     types = {f.name: f.type for f in delta.table_schema(source)}
+    if s.columns is None:  # the tokens table's column order (the tokenizer table's is alphabetical)
+        position = {name: i for i, name in enumerate(types)}
+        bins.sort(key=lambda b: position.get(b.column, len(position)))
+    names = [b.column for b in bins]
     for name in (ROW_ID, *names):
         if name not in types:
             raise UserError(f"{source}: no column '{name}' (the tokens table must hold {ROW_ID} and the tokenizer's columns)")
