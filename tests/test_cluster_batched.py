@@ -63,7 +63,7 @@ def test_metrics_equal_sklearn_and_spark_on_the_job_labels(spark, wine, one_and_
         assert davies_bouldin_from_stats(stats_of(ev)) == pytest.approx(metrics.davies_bouldin_score(wine, lab),
                                                                         rel=1e-9)
         pred = spark.createDataFrame([(Vectors.dense(v), int(c)) for v, c in zip(wine, lab, strict=True)],
-                                     "features vector, prediction int")
+                                     ["features", "prediction"])
         assert ev.silhouette_spark == pytest.approx(evaluator.evaluate(pred), rel=1e-9)
 
 

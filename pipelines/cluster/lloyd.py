@@ -51,10 +51,15 @@ class Bank:
         return cls(tuple(int(c.shape[0]) for c in centres), np.vstack(centres).astype(np.float64))
 
 
-def _sq_distances(xp: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """‖x − c‖² for every row and centre (expanded form, on pivoted data), clipped at 0."""
-    d2 = np.einsum("ij,ij->i", xp, xp)[:, None] - 2.0 * (xp @ c.T) + np.einsum("ij,ij->i", c, c)[None, :]
-    return np.maximum(d2, 0.0, out=d2)
+def _scores(xp: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """‖c‖² − 2 c·x for every centre (rows) and data row (columns): ‖x − c‖² minus ‖x‖².
+
+    Centre-major: each k's block is a few contiguous rows, reduced along axis 0.
+    """
+    g = c @ xp.T
+    g *= -2.0
+    g += np.einsum("ij,ij->i", c, c)[:, None]
+    return g
 
 
 def assign(xp: np.ndarray, bank: Bank) -> tuple[np.ndarray, np.ndarray]:
@@ -71,26 +76,22 @@ def assign(xp: np.ndarray, bank: Bank) -> tuple[np.ndarray, np.ndarray]:
     gidx : ndarray of shape (n, len(bank.ks))
         Row index into ``bank.centres`` of each row's centre, per k (ties: lowest index).
     d2 : ndarray of shape (n, len(bank.ks))
-        The squared distance to it.
+        The squared distance to it (expanded form, clipped at 0).
     """
-    d2 = _sq_distances(xp, bank.centres)
+    g = _scores(xp, bank.centres)
     n, o = xp.shape[0], bank.offsets
     gidx = np.empty((n, len(bank.ks)), dtype=np.int64)
     for i in range(len(bank.ks)):
-        gidx[:, i] = o[i] + np.argmin(d2[:, o[i]:o[i + 1]], axis=1)
-    return gidx, np.take_along_axis(d2, gidx, axis=1)
+        gidx[:, i] = o[i] + np.argmin(g[o[i]:o[i + 1]], axis=0)
+    d2 = g[gidx, np.arange(n)[:, None]] + np.einsum("ij,ij->i", xp, xp)[:, None]
+    return gidx, np.maximum(d2, 0.0, out=d2)
 
 
-def _group_sums(gidx: np.ndarray, values: np.ndarray, size: int, *, per_entry: bool) -> np.ndarray:
-    """Σ values per centre of ``gidx`` (n, n_ks).
-
-    ``values`` has one row per data row (each row counts once for every k), or with
-    ``per_entry`` one row per (row, k) entry of ``gidx`` in row-major order.
-    """
+def _group_sums(gidx: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Σ of each data row of ``values`` per centre of ``gidx`` (n, n_ks): every row once per k."""
     flat = gidx.ravel()
-    step = 1 if per_entry else gidx.shape[1]
     onehot = sparse.csr_matrix(
-        (np.ones(flat.size), flat, np.arange(0, flat.size + 1, step)), shape=(flat.size // step, size)
+        (np.ones(flat.size), flat, np.arange(0, flat.size + 1, gidx.shape[1])), shape=(gidx.shape[0], size)
     )
     return np.asarray(onehot.T @ values)
 
@@ -117,7 +118,7 @@ def refine_partial(x: np.ndarray, *, pivot: np.ndarray, bank: Bank) -> np.ndarra
     xp = x - pivot
     gidx, d2 = assign(xp, bank)
     counts = np.bincount(gidx.ravel(), minlength=bank.size).astype(np.float64)
-    sums = _group_sums(gidx, xp, bank.size, per_entry=False)
+    sums = _group_sums(gidx, xp, bank.size)
     sse = np.bincount(gidx.ravel(), weights=d2.ravel(), minlength=bank.size)
     return np.concatenate([counts, sums.ravel(), sse])
 
@@ -198,30 +199,32 @@ def eval_partial(
     xp = x - pivot
     gidx, _ = assign(xp, assign_bank)
     n, nk = gidx.shape
+    size, dims = assign_bank.size, xp.shape[1]
     r = np.arange(n)
-    dev = np.repeat(xp, nk, axis=0) - means[gidx.ravel()]
-    sq = np.einsum("ij,ij->i", dev, dev)
-    flat = gidx.ravel()
-    size = assign_bank.size
-    counts = np.bincount(flat, minlength=size).astype(np.float64)
-    devsum = _group_sums(gidx, dev, size, per_entry=True)
-    sse = np.bincount(flat, weights=sq, minlength=size)
-    sum_dist = np.bincount(flat, weights=np.sqrt(sq), minlength=size)
-
+    counts, sse, sum_dist = np.zeros(size), np.zeros(size), np.zeros(size)
+    devsum = np.zeros((size, dims))
     # Spark's squared-Euclidean silhouette: the mean squared distance of x to the rows of
     # cluster A is ‖x − m_A‖² + within_A; for x's own cluster the sum is over the others.
-    dist = _sq_distances(xp, means) + within[None, :]
-    own_sq = sq.reshape(n, nk)
+    dist = _scores(xp, means)
+    dist += np.einsum("ij,ij->i", xp, xp)[None, :]
+    dist += within[:, None]
     sil = np.empty(nk)
     o = assign_bank.offsets
     for i in range(nk):
         own = gidx[:, i]
+        dev = xp - means[own]
+        sq = np.einsum("ij,ij->i", dev, dev)
+        counts += np.bincount(own, minlength=size)
+        sse += np.bincount(own, weights=sq, minlength=size)
+        sum_dist += np.bincount(own, weights=np.sqrt(sq), minlength=size)
+        for j in range(dims):
+            devsum[:, j] += np.bincount(own, weights=dev[:, j], minlength=size)
         n_own = label_counts[own]
-        block = dist[:, o[i]:o[i + 1]].copy()
-        block[r, own - o[i]] = np.inf
-        b = block.min(axis=1)
+        block = dist[o[i]:o[i + 1]].copy()
+        block[own - o[i], r] = np.inf
+        b = block.min(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            a = (own_sq[:, i] + within[own]) * n_own / (n_own - 1)
+            a = (sq + within[own]) * n_own / (n_own - 1)
             s = np.where(a < b, 1.0 - a / b, np.where(a > b, b / a - 1.0, 0.0))
         sil[i] = np.where(n_own > 1, s, 0.0).sum()
     ll = np.array([log_likelihood(xp, g) for g in gmm])

@@ -176,7 +176,9 @@ def build(
     scores = f"CH {best['calinski_harabasz']}, DB {best['davies_bouldin']}, elbow {best['elbow']}"
     method_pick = {
         "summary_lloyd": None, "evaluation": scores, "kmeans_fit": None, "ch_db_inertia": scores,
-        "silhouette_spark": best["silhouette_spark"], "silhouette_sample": best["silhouette_sample"],
+        "silhouette_spark": best["silhouette_spark"] if "silhouette_spark" in choice.get("voters", [])
+        else f"{best['silhouette_spark']} (does not vote)",
+        "silhouette_sample": best["silhouette_sample"],
         "gmm": best["bic"], "gap": best["gap"],
     }
     table = []

@@ -77,8 +77,7 @@ def stage_run(spark: SparkSession, cfg: Config, run: Run) -> None:
             if batched:
                 sweep = run_batched(spark, prep, ks, settings, run, sample_ids=sample_ids, sample_x=sample_x)
             else:
-                n_sil = settings.silhouette_sample
-                sweep = run_sweep(spark, prep, ks, settings, run, sample_ids=sample_ids[:n_sil], sample_x=sample_x[:n_sil])
+                sweep = run_sweep(spark, prep, ks, settings, run, sample_ids=sample_ids, sample_x=sample_x)
         if not sweep.results:
             raise UserError(f"{source}: no k could be evaluated ({'; '.join(s['reason'] for s in sweep.skipped)})")
         rows = [r.row() for r in sweep.results]

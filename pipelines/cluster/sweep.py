@@ -139,7 +139,9 @@ def run_sweep(
     evaluator = ClusteringEvaluator(
         featuresCol=FEATURES, predictionCol="prediction", metricName="silhouette", distanceMeasure="squaredEuclidean"
     )
-    sample_df = sample_frame(spark, sample_ids, sample_x) if sample_x.shape[0] else None
+    # the exact silhouette uses the sample's first rows (all of it unless the scatter needed more)
+    n_sil = min(settings.silhouette_sample, sample_x.shape[0])
+    sample_df = sample_frame(spark, sample_ids[:n_sil], sample_x[:n_sil]) if n_sil else None
     results: list[KResult] = []
     skipped: list[dict[str, Any]] = []
     models: dict[int, Any] = {}
@@ -190,9 +192,8 @@ def run_sweep(
         secs["silhouette_spark"] += time.monotonic() - t0
         if sample_df is not None:
             t0 = time.monotonic()
-            labels = predict_sample(model, sample_df, sample_ids)
-            sample_labels[k] = labels
-            res.silhouette_sample = exact_silhouette(sample_x, labels)
+            labels = predict_sample(model, sample_df, sample_ids[:n_sil])
+            res.silhouette_sample = exact_silhouette(sample_x[:n_sil], labels)
             secs["silhouette_sample"] += time.monotonic() - t0
         if settings.gmm:
             t0 = time.monotonic()
@@ -215,7 +216,7 @@ def run_sweep(
         "kmeans_fit": prep.rows,
         "ch_db_inertia": prep.rows,
         "silhouette_spark": prep.rows,
-        "silhouette_sample": int(sample_x.shape[0]),
+        "silhouette_sample": n_sil,
         "gmm": prep.rows if settings.gmm else 0,
         "gap": int(gap_info["rows"]) if gap_info else 0,
     }
