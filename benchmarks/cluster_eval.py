@@ -104,12 +104,16 @@ def spark_submit(args: list[str], *, script: str = "jobs/cluster_eval.py", drive
     """Run ``spark-submit [--driver-memory M] script args``; wall seconds, peak RSS, last JSON line."""
     cmd = [SPARK_SUBMIT, *(["--driver-memory", driver_memory] if driver_memory else []), script, *args]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": PY, "PYSPARK_DRIVER_PYTHON": PY}
+    log = Path(tempfile.mkstemp(prefix="cluster_eval_bench_", suffix=".log")[1])
+    print(f"# {' '.join(cmd[1:])}  (progress: {log})", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    rss = TreeRSS(proc, script)
-    out, err = proc.communicate()
+    with log.open("w") as err_file:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
+        rss = TreeRSS(proc, script)
+        out, _ = proc.communicate()
     rss.stop()
     wall = time.perf_counter() - t0
+    err = log.read_text()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     record = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0:

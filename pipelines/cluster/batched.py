@@ -83,7 +83,27 @@ def fit_all(
 ) -> Fitted:
     """Summary, driver-side fit of every k, and full-data Lloyd refinement of ``frame``.
 
-    ``summary`` is the already drawn sample when the caller has one.
+    Parameters
+    ----------
+    frame : pyspark.sql.DataFrame
+        A prepared frame: ``_row_id`` and the scaled feature columns.
+    ks : list of int
+    settings : ClusterEvalSettings
+        ``summary_rows``, ``n_init``, ``seed``, ``tol`` and ``max_iter`` are used.
+    run : Run
+        For progress lines.
+    rows : int
+        Rows of ``frame``.
+    key : list of str
+        Columns the summary sample hashes.
+    summary : ndarray, optional
+        The already drawn sample, when the caller has one.
+    label : str
+        Prefix of the progress lines.
+
+    Returns
+    -------
+    Fitted
     """
     if summary is None:
         run.progress(f"{label}summary pass: seeded sample of at most {settings.summary_rows} of {rows} rows")

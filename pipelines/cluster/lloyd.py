@@ -293,7 +293,20 @@ def sample_silhouettes(x: np.ndarray, labels: np.ndarray, *, working_memory: int
 def fit_summary(x: np.ndarray, ks: Sequence[int], *, n_init: int, seed: int) -> dict[int, np.ndarray | None]:
     """Centres for every k from the summary: scikit-learn's k-means++ with ``n_init`` restarts.
 
-    Returns None for a k above the summary's number of distinct points.
+    Parameters
+    ----------
+    x : ndarray of shape (m, d)
+        The summary (a seeded sample; its points weigh the same).
+    ks : sequence of int
+    n_init : int
+        Restarts per k; the lowest inertia on the summary wins.
+    seed : int
+
+    Returns
+    -------
+    dict
+        k -> centres of shape (k, d), or None for a k above the summary's number of
+        distinct points.
     """
     from sklearn.cluster import KMeans
 
@@ -405,7 +418,20 @@ class KEval:
 def evaluate(run_pass, fits: Sequence[KFit], *, pivot: np.ndarray, gmm: Sequence[GmmParams] = ()) -> list[KEval]:
     """One pass for every k: exact per-label statistics, Spark's silhouette and GMM log-likelihoods.
 
-    ``gmm`` is empty or has one mixture per fit.
+    Parameters
+    ----------
+    run_pass : callable
+        As in :func:`refine`.
+    fits : sequence of KFit
+        The refined ks; their labels are reproduced from ``KFit.centres``.
+    pivot : ndarray of shape (d,)
+    gmm : sequence of GmmParams
+        Empty, or one mixture per fit.
+
+    Returns
+    -------
+    list of KEval
+        One per fit, in order.
     """
     bank = Bank.stack([f.centres for f in fits])
     means = np.vstack([f.means for f in fits])
