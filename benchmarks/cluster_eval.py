@@ -30,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import tempfile
@@ -44,6 +45,16 @@ DIMS = 8
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 SPARK_SUBMIT = str(Path(PY).with_name("spark-submit"))
+
+
+def children_cpu() -> float:
+    """CPU seconds of every finished descendant so far (JVM, Python driver and workers).
+
+    Beside wall time: on a shared machine a process's CPU seconds move far less with the
+    load than its wall time does.
+    """
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 def uptime() -> str:
@@ -106,19 +117,19 @@ def spark_submit(args: list[str], *, script: str = "jobs/cluster_eval.py", drive
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": PY, "PYSPARK_DRIVER_PYTHON": PY}
     log = Path(tempfile.mkstemp(prefix="cluster_eval_bench_", suffix=".log")[1])
     print(f"# {' '.join(cmd[1:])}  (progress: {log})", flush=True)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     with log.open("w") as err_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=err_file, text=True)
         rss = TreeRSS(proc, script)
         out, _ = proc.communicate()
     rss.stop()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, children_cpu() - c0
     err = log.read_text()
     lines = [ln for ln in out.splitlines() if ln.startswith("{")]
     record = json.loads(lines[-1]) if lines else {}
     if proc.returncode != 0:
         record["error"] = f"exit {proc.returncode}: {err.strip().splitlines()[-3:]}"
-    return {"wall_s": round(wall, 2), "driver_python_rss_mb": rss.driver // 2**20, "jvm_rss_mb": rss.jvm // 2**20,
+    return {"wall_s": round(wall, 2), "cpu_s": round(cpu, 1), "driver_python_rss_mb": rss.driver // 2**20, "jvm_rss_mb": rss.jvm // 2**20,
             "run": record}
 
 
@@ -154,7 +165,7 @@ print(json.dumps({"rows": len(x), "load_s": round(load, 2), "total_s": round(tim
 
 
 def sklearn_sweep(path: Path, ks: list[int], timeout: float) -> dict:
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu()
     try:
         proc = subprocess.run([PY, "-c", _SKLEARN, str(path), ",".join(map(str, ks))],
                               capture_output=True, text=True, timeout=timeout)
@@ -163,7 +174,7 @@ def sklearn_sweep(path: Path, ks: list[int], timeout: float) -> dict:
     if proc.returncode != 0:
         return {"error": f"exit {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}"}
     rec = json.loads(proc.stdout.strip().splitlines()[-1])
-    rec["wall_s"] = round(time.perf_counter() - t0, 2)
+    rec["wall_s"], rec["cpu_s"] = round(time.perf_counter() - t0, 2), round(children_cpu() - c0, 1)
     return rec
 
 
@@ -182,10 +193,10 @@ def make_run(out: Path) -> list[dict]:
     recs = []
     for _ in range(2):  # alternate, so a load spike does not hit only one side
         t = spark_submit([], script=str(trivial), driver_memory="4g")
-        recs.append(emit({"bench": "make_run", "what": "trivial spark-submit", "wall_s": t["wall_s"]}))
+        recs.append(emit({"bench": "make_run", "what": "trivial spark-submit", "wall_s": t["wall_s"], "cpu_s": t["cpu_s"]}))
         r = spark_submit(["--output", str(out)], driver_memory="4g")
         recs.append(emit({"bench": "make_run", "what": "make run (cluster_eval, built-in dataset)",
-                          "wall_s": r["wall_s"], "timings": r["run"].get("timings"),
+                          "wall_s": r["wall_s"], "cpu_s": r["cpu_s"], "timings": r["run"].get("timings"),
                           "recommended_k": r["run"].get("recommended_k"), "ratio": round(r["wall_s"] / t["wall_s"], 2)}))
     return recs
 
