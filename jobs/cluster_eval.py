@@ -1,8 +1,9 @@
 """cluster_eval: how many clusters are in the data? The project's main job.
 
     spark-submit jobs/cluster_eval.py [--input PATH] [--format delta|parquet|csv] [--features a,b,...]
-        [--k-min 2 --k-max 10 | --k 2,3,5,8] [--scale standard|none] [--algorithm kmeans|bisecting]
-        [--max-iter 20] [--seed 42] [--silhouette-sample 10000] [--gmm] [--gap B [--gap-sample N]]
+        [--k-min 2 --k-max 10 | --k 2,3,5,8] [--scale standard|none] [--algorithm kmeans|spark-kmeans|bisecting]
+        [--max-iter 20] [--tol 1e-4] [--summary-rows 50000] [--n-init 5] [--seed 42] [--silhouette-sample 5000]
+        [--gmm] [--gap B [--gap-sample N]]
         [--keep-assignments] [--impute drop|mean] [--output DIR] [--config FILE]
 
 With no arguments it evaluates k = 2..10 on a built-in dataset of Gaussian blobs with
@@ -26,7 +27,11 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--k-max", type=int, dest="k_max")
     p.add_argument("--k", type=int_list, help="explicit ks, e.g. 2,3,5,8 (instead of --k-min/--k-max)")
     p.add_argument("--scale", choices=["standard", "none"])
-    p.add_argument("--algorithm", choices=["kmeans", "bisecting"])
+    p.add_argument("--algorithm", choices=["kmeans", "spark-kmeans", "bisecting"],
+                   help="kmeans: summary + batched full-data passes (default); spark-kmeans, bisecting: MLlib per k")
+    p.add_argument("--tol", type=float, help="kmeans: stop a k when a pass lowers its inertia by at most this")
+    p.add_argument("--summary-rows", type=int, dest="summary_rows", help="kmeans: rows of the driver-side sample")
+    p.add_argument("--n-init", type=int, dest="n_init", help="kmeans: k-means++ restarts per k")
     p.add_argument("--max-iter", type=int, dest="max_iter")
     p.add_argument("--seed", type=int)
     p.add_argument("--silhouette-sample", type=int, dest="silhouette_sample", help="rows for the exact silhouette (0 = off)")

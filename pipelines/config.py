@@ -89,10 +89,13 @@ class ClusterEvalSettings(_Section):
     k_max: int = Field(10, ge=2)
     k: list[int] | None = None
     scale: Literal["standard", "none"] = "standard"
-    algorithm: Literal["kmeans", "bisecting"] = "kmeans"
-    max_iter: int = Field(20, ge=1)
+    algorithm: Literal["kmeans", "spark-kmeans", "bisecting"] = "kmeans"
+    max_iter: int = Field(20, ge=1)  # kmeans: full-data Lloyd passes; MLlib: maxIter
+    tol: float = Field(1e-4, ge=0.0)  # kmeans: a k stops when a pass lowers its inertia by at most this (relative)
+    summary_rows: int = Field(50_000, ge=100)  # kmeans: seeded sample the driver fits every k on
+    n_init: int = Field(5, ge=1)  # kmeans: k-means++ restarts per k on the summary
     seed: int = 42
-    silhouette_sample: int = Field(10000, ge=0)
+    silhouette_sample: int = Field(5000, ge=0)
     gmm: bool = False
     gap: int = Field(0, ge=0)
     gap_sample: int = Field(1_000_000, ge=1)

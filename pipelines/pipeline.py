@@ -30,6 +30,8 @@ Stage = Callable[["SparkSession", Any, Run], None]
 
 # Column roles of the built-in demo source.
 DEMO_ROLES: dict[str, dict[str, Any]] = {
+    # the demo's groups are in (x, y); its other columns are for the GMM and tokenizer stages
+    "cluster_eval": {"features": ["x", "y"]},
     "gmm_fit": {"columns": ["amount", "score", "segment"], "categorical": ["segment"], "mixed": {"amount": [0.0]}},
     "tokenize": {"columns": ["amount", "score", "age"]},
 }

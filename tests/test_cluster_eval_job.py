@@ -37,6 +37,26 @@ def test_default_dataset_recommends_the_true_k(default_run):
     assert run["best_k"]["silhouette_sample"] == 4 and run["best_k"]["elbow"] == 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["recommended_k"] == 4 and summary["counts"]["rows_used"] == 20000
+    assert summary["explanation"].startswith("All 4 voting methods agree on k=4")
+    assert summary["fit"]["summary_rows"] == 20000 and summary["fit"]["silhouette_sample_rows"] == 3000
+    assert not any("edge" in w or "widen" in w for w in summary["warnings"])
+
+
+def test_profiles_are_in_input_units(spark, default_run):
+    from pipelines.cluster.data import DEFAULT_DIMS, DEFAULT_K, DEFAULT_SEED, blob_centers
+
+    _, out, _ = default_run
+    summary = json.loads((out / "summary.json").read_text())
+    runner_up = summary["runner_up"]
+    assert runner_up is not None and runner_up != 4 and set(summary["profiles"]) == {"4", str(runner_up)}
+    prof = summary["profiles"]["4"]
+    assert sum(c["size"] for c in prof) == 20000 and sum(c["share"] for c in prof) == pytest.approx(1.0)
+    truth = blob_centers(DEFAULT_K, DEFAULT_DIMS, seed=DEFAULT_SEED)
+    found = [list(c["center"].values()) for c in prof]
+    # each cluster's centre is a different true blob centre (blob std <= 1.1, ~5000 rows each)
+    dist = [[float(sum((a - b) ** 2 for a, b in zip(t, c, strict=True)) ** 0.5) for t in truth] for c in found]
+    assert sorted(min(range(DEFAULT_K), key=row.__getitem__) for row in dist) == list(range(DEFAULT_K))
+    assert max(min(row) for row in dist) < 0.1
 
 
 def test_outputs_have_the_documented_schema(spark, default_run):
@@ -65,13 +85,17 @@ def test_outputs_have_the_documented_schema(spark, default_run):
 
 def test_report_and_plots_exist(default_run):
     _, out, _ = default_run
-    for name in ["inertia", "calinski_harabasz", "davies_bouldin", "silhouette", "cluster_sizes", "pca_scatter"]:
+    names = ["inertia", "calinski_harabasz", "davies_bouldin", "silhouette", "cluster_sizes", "pca_scatter",
+             "cluster_sizes_runner_up", "pca_scatter_runner_up"]
+    for name in names:
         png = out / "plots" / f"{name}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     md = (out / "report.md").read_text()
     assert "## Recommendation: k = 4" in md and "Methods compared" in md and "![Calinski-Harabasz](plots/" in md
+    assert "### Clusters at the recommended k = 4 (centres in the input's units)" in md
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 6 and "src='plots/" not in html
+    assert html.count("data:image/png;base64,") == len(names) and "src='plots/" not in html
+    assert "<td style='text-align:left'>" in html
 
 
 @pytest.fixture(scope="module")
@@ -116,13 +140,25 @@ def test_bad_rows_constant_feature_gmm_and_gap(small_input, tmp_path, capsys):
         assert math.isfinite(r["bic"]) and math.isfinite(r["aic"]) and math.isfinite(r["gap"]) and r["gap_sk"] >= 0
 
 
-def test_impute_mean_keeps_every_row(small_input, tmp_path, capsys):
+def test_impute_mean_keeps_every_row_with_mllib(small_input, tmp_path, capsys):
     code, err, run = run_job(
         capsys, "--input", str(small_input / "blobs.parquet"), "--features", "x0,x1", "--k", "3",
-        "--impute", "mean", "--silhouette-sample", "0", "--output", str(tmp_path),
+        "--impute", "mean", "--silhouette-sample", "0", "--algorithm", "spark-kmeans", "--output", str(tmp_path),
     )
     assert code == 0, err
     assert run["counts"]["rows_used"] == 600 and run["counts"]["rows_imputed"] == 3
+
+
+def test_recommendation_at_the_edge_warns(small_input, tmp_path, capsys):
+    code, err, run = run_job(
+        capsys, "--input", str(small_input / "blobs.parquet"), "--features", "x0,x1", "--k", "2,3",
+        "--silhouette-sample", "0", "--output", str(tmp_path),
+    )
+    assert code == 0, err
+    assert run["recommended_k"] == 3
+    warning = "the recommended k=3 is the largest k evaluated (2..3); widen the range"
+    assert any(warning in w for w in run["warnings"])
+    assert warning in (tmp_path / "report.md").read_text()
 
 
 def test_fewer_distinct_points_than_k_is_skipped_with_reason(small_input, tmp_path, capsys):

@@ -146,8 +146,28 @@ def _infer_format(path: str) -> str:
     return "parquet"
 
 
-def select_features(df: DataFrame, features: list[str] | None, *, source: str) -> list[str]:
-    """The feature columns: the given ones (checked) or every numeric column not starting with ``_``.
+def _id_like(df: DataFrame, candidates: list[str], types: dict[str, Any]) -> dict[str, str]:
+    """Columns that look like row identifiers, with the reason: named like an id, or integer and unique per row."""
+    import re
+
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import IntegralType
+
+    out = {c: "named like an id" for c in candidates if re.fullmatch(r"(?i)(.*_)?id", c)}
+    ints = [c for c in candidates if c not in out and isinstance(types[c], IntegralType)]
+    if ints:
+        r = df.agg(F.count(F.lit(1)).alias("_n"),
+                   *[F.approx_count_distinct(c, 0.01).alias(f"_d{i}") for i, c in enumerate(ints)]).first()
+        # approx_count_distinct is within ~1% (rsd 0.01): 98% distinct integers is an id
+        out.update({c: "integer, unique per row" for i, c in enumerate(ints) if r["_n"] > 1 and r[f"_d{i}"] >= 0.98 * r["_n"]})
+    return out
+
+
+def select_features(df: DataFrame, features: list[str] | None, *, source: str, run: Run | None = None) -> list[str]:
+    """The feature columns: the given ones (checked), or every numeric column that is not an id.
+
+    By default, columns starting with ``_`` and ID-like columns (named ``id`` / ``*_id``,
+    or integer and unique per row) are left out, with a warning naming them.
 
     Raises
     ------
@@ -158,9 +178,15 @@ def select_features(df: DataFrame, features: list[str] | None, *, source: str) -
 
     types = {f.name: f.dataType for f in df.schema.fields}
     if features is None:
-        chosen = default_columns((c, isinstance(t, NumericType)) for c, t in types.items())
+        numeric = default_columns((c, isinstance(t, NumericType)) for c, t in types.items())
+        ids = _id_like(df, numeric, types)
+        if ids and run is not None:
+            run.warn(f"{source}: left out ID-like columns ({', '.join(f'{c}: {why}' for c, why in ids.items())}); "
+                     "name them in --features to cluster on them")
+        chosen = [c for c in numeric if c not in ids]
         if not chosen:
-            raise UserError(f"{source}: no numeric columns (other than _-prefixed ones) to cluster; columns: {list(types)}")
+            raise UserError(f"{source}: no numeric columns (other than _-prefixed and ID-like ones) to cluster; "
+                            f"columns: {list(types)}")
         return chosen
     for c in features:
         if c not in types:
@@ -225,10 +251,21 @@ def profile(df: DataFrame, features: list[str]) -> Profile:
     )
 
 
+def feature_columns(d: int) -> list[str]:
+    """Names of the scaled feature columns of :attr:`Prepared.frame`."""
+    return [f"_f{i}" for i in range(d)]
+
+
 @dataclass
 class Prepared:
-    """The clustering input: ``_row_id`` + a ``features`` vector column, cached."""
+    """The clustering input, streamed from the source (nothing cached).
 
+    ``frame`` has ``_row_id`` and the scaled features as double columns ``_f0..``
+    (what the batched passes read); ``df`` has ``_row_id`` + a ``features`` vector (what
+    MLlib reads; cached only by the MLlib algorithms).
+    """
+
+    frame: DataFrame
     df: DataFrame
     features: list[str]
     rows: int
@@ -237,6 +274,7 @@ class Prepared:
     constant: list[str]
     shift: np.ndarray
     scale: np.ndarray
+    row_id_given: bool
     counts: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -248,24 +286,32 @@ class Prepared:
     def high(self) -> np.ndarray:
         return (self.profile.maximum - self.shift) / self.scale
 
+    @property
+    def sample_key(self) -> list[str]:
+        """Columns the seeded samples hash: the row id when the input has one, else the values.
+
+        Either way the sample does not depend on the partitioning (a positional id would).
+        """
+        return [ROW_ID] if self.row_id_given else feature_columns(len(self.features))
+
     def to_input_units(self, centers: np.ndarray) -> np.ndarray:
         return centers * self.scale + self.shift
 
 
 def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: str) -> Prepared:
-    """Check features, handle bad values, scale, and cache ``_row_id`` + ``features``.
+    """Check features, handle bad values and scale: ``_row_id`` + scaled feature columns.
 
     Raises
     ------
     UserError
         Non-numeric or missing feature column, empty input, or no valid rows left.
     """
-    from pyspark import StorageLevel
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
 
-    features = select_features(df, settings.features, source=source)
-    if ROW_ID in df.columns:
+    features = select_features(df, settings.features, source=source, run=run)
+    row_id_given = ROW_ID in df.columns
+    if row_id_given:
         df = df.withColumn(ROW_ID, F.col(ROW_ID).cast("long"))
     else:
         run.warn(f"{source}: no {ROW_ID} column; assigning one by position (monotonically_increasing_id)")
@@ -306,9 +352,12 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
             if c not in constant:
                 shift[i], scale[i] = prof.mean[i], prof.std[i]
                 scaled.append(c)
-    cols = [(F.col(c) - float(shift[i])) / float(scale[i]) if c in scaled else F.col(c) for i, c in enumerate(features)]
-    out = df.select(ROW_ID, array_to_vector(F.array(*cols)).alias(FEATURES)).persist(StorageLevel.MEMORY_AND_DISK)
-    return Prepared(out, features, rows, prof, scaled, constant, shift, scale, counts)
+    names = feature_columns(len(features))
+    cols = [((F.col(c) - float(shift[i])) / float(scale[i]) if c in scaled else F.col(c)).alias(names[i])
+            for i, c in enumerate(features)]
+    frame = df.select(ROW_ID, *cols)
+    vectors = frame.select(ROW_ID, array_to_vector(F.array(*names)).alias(FEATURES))
+    return Prepared(frame, vectors, features, rows, prof, scaled, constant, shift, scale, row_id_given, counts)
 
 
 def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tuple[DataFrame, Profile]:
@@ -325,41 +374,44 @@ def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tu
     return filled, profile(filled, features)
 
 
-def bounded_sample(df: DataFrame, *, n_max: int, rows: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A seeded sample of at most ``n_max`` rows of ``_row_id`` + ``features``, on the driver.
+def bounded_sample(
+    frame: DataFrame, *, n_max: int, rows: int, seed: int, key: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded sample of at most ``n_max`` rows of a prepared ``frame``, on the driver.
 
-    Rows are ranked by a hash of (seed, ``_row_id``), so the sample does not depend on
-    the partitioning. A hash filter keeps slightly more than ``n_max`` rows in Spark;
-    only those are collected, and the ``n_max`` lowest-ranked kept.
+    Rows are ranked by a hash of (seed, ``key`` columns), so the sample does not depend
+    on the partitioning. A hash filter keeps slightly more than ``n_max`` rows in Spark;
+    only those reach the driver (as Arrow), and the ``n_max`` lowest-ranked are kept,
+    in rank order.
 
     Returns
     -------
     row_ids : ndarray of shape (m,)
     x : ndarray of shape (m, d)
     """
-    from pyspark.ml.functions import vector_to_array
     from pyspark.sql import functions as F
 
+    names = [c for c in frame.columns if c != ROW_ID]
     if n_max <= 0:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0))
-    u = hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-7))
+        return np.empty(0, dtype=np.int64), np.empty((0, len(names)))
+    u = hash_uniform(F.lit(seed), *[F.col(c) for c in key], F.lit(-7))
     fraction = min(1.0, (n_max + 6.0 * math.sqrt(n_max) + 100.0) / max(rows, 1))
-    picked = (
-        df.select(ROW_ID, vector_to_array(F.col(FEATURES)).alias("x"), u.alias("u"))
-        .filter(F.col("u") <= fraction)
-        .orderBy("u")
-        .limit(n_max)
-        .collect()
-    )
-    if not picked:
-        return np.empty(0, dtype=np.int64), np.empty((0, 0))
-    return np.array([r[ROW_ID] for r in picked], dtype=np.int64), np.array([r["x"] for r in picked], dtype=np.float64)
+    picked = frame.select(u.alias("_u"), ROW_ID, *names).filter(F.col("_u") <= fraction).toArrow()
+    # (hash, row id): a total order, so equal hashes cannot make the sample vary
+    order = np.lexsort((picked.column(ROW_ID).to_numpy(), picked.column("_u").to_numpy()))[:n_max]
+    x = np.column_stack([picked.column(c).to_numpy() for c in names]) if names else np.empty((picked.num_rows, 0))
+    return picked.column(ROW_ID).to_numpy()[order].astype(np.int64), x[order].astype(np.float64)
 
 
-def hash_sample(df: DataFrame, *, n_max: int, rows: int, seed: int) -> DataFrame:
-    """A seeded Spark-side sample of about ``n_max`` rows (a hash filter on ``_row_id``)."""
+def distinct_points(frame: DataFrame, *, limit: int) -> int:
+    """Distinct feature vectors of a prepared ``frame``, counted up to ``limit``."""
+    return frame.select(*[c for c in frame.columns if c != ROW_ID]).distinct().limit(limit).count()
+
+
+def hash_sample(df: DataFrame, *, n_max: int, rows: int, seed: int, key: list[str]) -> DataFrame:
+    """A seeded Spark-side sample of about ``n_max`` rows (a hash filter on the ``key`` columns)."""
     from pyspark.sql import functions as F
 
     if n_max >= rows:
         return df
-    return df.filter(hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-11)) <= n_max / rows)
+    return df.filter(hash_uniform(F.lit(seed), *[F.col(c) for c in key], F.lit(-11)) <= n_max / rows)

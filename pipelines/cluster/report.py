@@ -42,9 +42,11 @@ def _png(plt, fig) -> bytes:
 
 def metric_plot(
     rows: Sequence[dict[str, Any]], series: Sequence[tuple[str, str]], chosen: dict[str, int | None], title: str,
-    *, error_key: str | None = None,
+    *, ylabel: str, error_key: str | None = None,
 ) -> bytes | None:
     """One metric (or two related ones) against k, with each chosen k marked."""
+    from matplotlib.ticker import MaxNLocator
+
     plt, fig, ax = _figure()
     drawn = False
     for key, label in series:
@@ -59,29 +61,34 @@ def metric_plot(
         pick = chosen.get(key)
         if pick is not None and pick in ks:
             ax.scatter([pick], [vals[ks.index(pick)]], s=180, facecolors="none", edgecolors="red", linewidths=2, zorder=5)
-            ax.annotate(f"chosen k={pick}", (pick, vals[ks.index(pick)]), textcoords="offset points", xytext=(8, 8), color="red")
+            # label towards the middle of the axis, so it stays clear of the edges and the title
+            right = pick <= (min(ks) + max(ks)) / 2
+            ax.annotate(f"chosen k={pick}", (pick, vals[ks.index(pick)]), textcoords="offset points",
+                        xytext=(10 if right else -10, -14), ha="left" if right else "right", color="red")
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("k")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _png(plt, fig)
 
 
-def sizes_plot(sizes: Sequence[int], k: int) -> bytes:
+def sizes_plot(sizes: Sequence[int], k: int, *, which: str) -> bytes:
     plt, fig, ax = _figure()
     ax.bar(range(len(sizes)), sizes, color="tab:blue")
     ax.set_xlabel("cluster")
     ax.set_ylabel("rows")
-    ax.set_title(f"Cluster sizes at the recommended k={k}")
+    ax.set_title(f"Cluster sizes at the {which} k={k}")
     ax.set_xticks(range(len(sizes)))
     return _png(plt, fig)
 
 
-def pca_plot(x: np.ndarray, labels: np.ndarray, k: int) -> bytes | None:
+def pca_plot(x: np.ndarray, labels: np.ndarray, k: int, *, which: str) -> bytes | None:
     """2-D PCA (SVD of the centred sample) coloured by cluster."""
     if x.shape[0] < 2:
         return None
@@ -96,7 +103,7 @@ def pca_plot(x: np.ndarray, labels: np.ndarray, k: int) -> bytes | None:
     ax.legend(*sc.legend_elements(), title="cluster", loc="best", fontsize="small")
     ax.set_xlabel(f"PC1 ({explained[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({explained[1] if len(explained) > 1 else 0:.0%})")
-    ax.set_title(f"Sample of {x.shape[0]} rows, coloured by cluster (k={k})")
+    ax.set_title(f"Sample of {x.shape[0]} rows, coloured by cluster ({which} k={k})")
     return _png(plt, fig)
 
 
@@ -139,6 +146,21 @@ def build(
         blocks.append(("p", f"Warning: {w}"))
     for s in summary.get("skipped", []):
         blocks.append(("p", f"Skipped k={s['k']}: {s['reason']}."))
+    fit = summary.get("fit", {})
+    if fit.get("summary_rows"):
+        blocks.append(("p", f"Fit: every k was started on the driver from a seeded sample of {fit['summary_rows']} rows "
+                            "(k-means++ with restarts), then refined by Lloyd passes over all rows, every k in the "
+                            f"same pass ({fit['passes']} passes over the data including the evaluation pass). "
+                            "n_iter is the number of full-data passes of each k."))
+    for which, k in (("recommended", choice["recommended_k"]), ("runner-up", choice.get("runner_up"))):
+        prof = summary.get("profiles", {}).get(str(k))
+        if not prof:
+            continue
+        blocks.append(("h", 3, f"Clusters at the {which} k = {k} (centres in the input's units)"))
+        names = list(prof[0]["center"])
+        blocks.append(("table", ["cluster", "size", "share", *names],
+                       [[str(c["cluster"]), str(c["size"]), f"{c['share']:.1%}", *[_fmt(c["center"][n]) for n in names]]
+                        for c in prof]))
 
     blocks.append(("h", 2, "Metrics per k"))
     cols = ["k", "inertia", "calinski_harabasz", "davies_bouldin", "silhouette_spark", "silhouette_sample",
@@ -148,14 +170,15 @@ def build(
     blocks.append(("table", cols, [[_fmt(r.get(c)) for c in cols] for r in rows]))
     blocks.append(("p", "silhouette_spark is Spark's ClusteringEvaluator with squared Euclidean distance; "
                         "silhouette_sample is scikit-learn's exact Euclidean silhouette on a seeded sample of "
-                        f"{method_rows['silhouette_sample']} rows. They are different measures. eval_seconds is the "
-                        "two-pass inertia + Calinski-Harabasz + Davies-Bouldin evaluation."))
+                        f"{method_rows['silhouette_sample']} rows. They are different measures."))
 
     blocks.append(("h", 2, "Methods compared"))
+    scores = f"CH {best['calinski_harabasz']}, DB {best['davies_bouldin']}, elbow {best['elbow']}"
     method_pick = {
-        "kmeans_fit": None, "ch_db_inertia": f"CH {best['calinski_harabasz']}, DB {best['davies_bouldin']}, "
-                                             f"elbow {best['elbow']}",
-        "silhouette_spark": best["silhouette_spark"], "silhouette_sample": best["silhouette_sample"],
+        "summary_lloyd": None, "evaluation": scores, "kmeans_fit": None, "ch_db_inertia": scores,
+        "silhouette_spark": best["silhouette_spark"] if "silhouette_spark" in choice.get("voters", [])
+        else f"{best['silhouette_spark']} (does not vote)",
+        "silhouette_sample": best["silhouette_sample"],
         "gmm": best["bic"], "gap": best["gap"],
     }
     table = []
@@ -165,8 +188,9 @@ def build(
             continue
         table.append([desc, _fmt(method_pick[m]), f"{secs:.2f}", str(n), f"{1e6 * secs / n:.3g}"])
     blocks.append(("table", ["method", "chosen k", "total seconds (all k)", "rows", "µs per row"], table))
-    blocks.append(("p", "Calinski-Harabasz, Davies-Bouldin and inertia read the data twice per k, so their cost "
-                        "grows linearly with the rows. The exact silhouette compares every pair of points: it is "
+    blocks.append(("p", "Calinski-Harabasz, Davies-Bouldin and inertia need one pass over the data (two per k with "
+                        "MLlib), so their cost grows linearly with the rows. The exact silhouette compares every pair "
+                        "of points: it is "
                         "quadratic, which is why it only runs on a bounded sample; Spark's silhouette is linear "
                         "because squared Euclidean distances decompose into per-cluster sums."))
     if summary.get("gap"):
@@ -180,38 +204,45 @@ def build(
         ("inertia", "Inertia (elbow)"), ("calinski_harabasz", "Calinski-Harabasz"), ("davies_bouldin", "Davies-Bouldin"),
         ("silhouette", "Silhouette"), ("bic", "GMM information criteria"), ("gap", "Gap statistic"),
         ("cluster_sizes", "Cluster sizes"), ("pca_scatter", "PCA scatter of a sample"),
+        ("cluster_sizes_runner_up", "Cluster sizes, runner-up k"), ("pca_scatter_runner_up", "PCA scatter, runner-up k"),
     ]:
         if name in plots:
             blocks.append(("img", title, name))
     return blocks
 
 
-def make_plots(rows: Sequence[dict[str, Any]], choice: dict[str, Any], *, sizes: Sequence[int] | None,
-               sample_x: np.ndarray, sample_labels: np.ndarray | None) -> dict[str, bytes]:
-    """Every plot the data allows, by name (PNG bytes)."""
+def make_plots(rows: Sequence[dict[str, Any]], choice: dict[str, Any], *, sizes: dict[int, Sequence[int]],
+               sample_x: np.ndarray, sample_labels: dict[int, np.ndarray]) -> dict[str, bytes]:
+    """Every plot the data allows, by name (PNG bytes); sizes and scatter for the recommended k and the runner-up."""
     best = dict(choice["best_k"])
     best["inertia"] = best.get("elbow")
+    if "silhouette_spark" not in choice.get("voters", []):
+        best["silhouette_spark"] = None  # it did not vote: nothing was chosen by it
     specs = {
-        "inertia": ([("inertia", "inertia")], "Inertia against k (elbow marked)", None),
-        "calinski_harabasz": ([("calinski_harabasz", "Calinski-Harabasz")], "Calinski-Harabasz (higher is better)", None),
-        "davies_bouldin": ([("davies_bouldin", "Davies-Bouldin")], "Davies-Bouldin (lower is better)", None),
+        "inertia": ([("inertia", "inertia")], "Inertia against k (elbow marked)", "within-cluster sum of squares", None),
+        "calinski_harabasz": ([("calinski_harabasz", "Calinski-Harabasz")], "Calinski-Harabasz (higher is better)",
+                              "Calinski-Harabasz index", None),
+        "davies_bouldin": ([("davies_bouldin", "Davies-Bouldin")], "Davies-Bouldin (lower is better)",
+                           "Davies-Bouldin index", None),
         "silhouette": ([("silhouette_sample", "exact Euclidean, sample"), ("silhouette_spark", "Spark squaredEuclidean")],
-                       "Silhouette (higher is better)", None),
-        "bic": ([("bic", "BIC"), ("aic", "AIC")], "GMM BIC / AIC (lower is better)", None),
-        "gap": ([("gap", "Gap(k) ± s_k")], "Gap statistic", "gap_sk"),
+                       "Silhouette (higher is better)", "mean silhouette", None),
+        "bic": ([("bic", "BIC"), ("aic", "AIC")], "GMM BIC / AIC (lower is better)", "information criterion", None),
+        "gap": ([("gap", "Gap(k) ± s_k")], "Gap statistic", "Gap(k)", "gap_sk"),
     }
     plots: dict[str, bytes] = {}
-    for name, (series, title, err) in specs.items():
-        png = metric_plot(rows, series, best, title, error_key=err)
+    for name, (series, title, ylabel, err) in specs.items():
+        png = metric_plot(rows, series, best, title, ylabel=ylabel, error_key=err)
         if png is not None:
             plots[name] = png
-    k = choice["recommended_k"]
-    if sizes is not None and k is not None:
-        plots["cluster_sizes"] = sizes_plot(sizes, k)
-    if sample_labels is not None and k is not None:
-        png = pca_plot(sample_x, sample_labels, k)
-        if png is not None:
-            plots["pca_scatter"] = png
+    for suffix, which, k in (("", "recommended", choice["recommended_k"]), ("_runner_up", "runner-up", choice.get("runner_up"))):
+        if k is None:
+            continue
+        if k in sizes:
+            plots[f"cluster_sizes{suffix}"] = sizes_plot(sizes[k], k, which=which)
+        if k in sample_labels:
+            png = pca_plot(sample_x, sample_labels[k], k, which=which)
+            if png is not None:
+                plots[f"pca_scatter{suffix}"] = png
     return plots
 
 
@@ -232,6 +263,18 @@ def to_markdown(blocks: Sequence[Block]) -> str:
     return "\n".join(out)
 
 
+def _numeric(cell: str) -> bool:
+    try:
+        float(cell.replace(",", ""))
+    except ValueError:
+        return cell in ("–", "")
+    return True
+
+
+def _left(text: bool) -> str:
+    return " style='text-align:left'" if text else ""
+
+
 def to_html(blocks: Sequence[Block], plots: dict[str, bytes], *, title: str = "Cluster evaluation") -> str:
     e = html.escape
     out = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>",
@@ -244,8 +287,11 @@ def to_html(blocks: Sequence[Block], plots: dict[str, bytes], *, title: str = "C
         elif b[0] == "p":
             out.append(f"<p>{e(b[1])}</p>")
         elif b[0] == "table":
-            out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b[1]) + "</tr>")
-            out.extend("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in b[2])
+            text = [not all(_numeric(row[i]) for row in b[2]) for i in range(len(b[1]))]
+            out.append("<table><tr>" + "".join(f"<th{_left(t)}>{e(h)}</th>" for h, t in zip(b[1], text, strict=True))
+                       + "</tr>")
+            out.extend("<tr>" + "".join(f"<td{_left(t)}>{e(c)}</td>" for c, t in zip(row, text, strict=True)) + "</tr>"
+                       for row in b[2])
             out.append("</table>")
         elif b[0] == "img":
             data = base64.b64encode(plots[b[2]]).decode("ascii")

@@ -7,12 +7,13 @@ from typing import TYPE_CHECKING, Any
 
 from pipelines import fs
 from pipelines.cluster import data, report
+from pipelines.cluster.batched import run_batched
 from pipelines.cluster.select import choose
-from pipelines.cluster.sweep import METRICS_COLUMNS, Sweep, predict_sample, run_sweep, sample_frame
+from pipelines.cluster.sweep import METRICS_COLUMNS, Sweep, run_sweep
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
     from pipelines.config import ClusterEvalSettings
     from pipelines.runs import Run
@@ -63,16 +64,19 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     ks = k_values(settings, prep.rows)
     run.details["features"] = prep.features
     run.details["scaling"] = {"method": settings.scale, "scaled": prep.scaled, "constant": prep.constant}
+    batched = settings.algorithm == "kmeans"
     try:
         with run.timed("sample"):
-            n_sample = settings.silhouette_sample or _SCATTER_ROWS
-            sample_ids, sample_x = data.bounded_sample(prep.df, n_max=n_sample, rows=prep.rows, seed=settings.seed)
+            # the batched kmeans sweep fits on this sample (its silhouette uses the first rows)
+            n_sample = settings.summary_rows if batched else settings.silhouette_sample or _SCATTER_ROWS
+            run.progress(f"sample pass: seeded sample of at most {n_sample} of {prep.rows} rows")
+            sample_ids, sample_x = data.bounded_sample(prep.frame, n_max=n_sample, rows=prep.rows, seed=settings.seed,
+                                                       key=prep.sample_key)
         with run.timed("sweep"):
-            sweep = run_sweep(
-                spark, prep, ks, settings, run,
-                sample_ids=sample_ids if settings.silhouette_sample else sample_ids[:0],
-                sample_x=sample_x if settings.silhouette_sample else sample_x[:0],
-            )
+            if batched:
+                sweep = run_batched(spark, prep, ks, settings, run, sample_ids=sample_ids, sample_x=sample_x)
+            else:
+                sweep = run_sweep(spark, prep, ks, settings, run, sample_ids=sample_ids, sample_x=sample_x)
         if not sweep.results:
             raise UserError(f"{source}: no k could be evaluated ({'; '.join(s['reason'] for s in sweep.skipped)})")
         rows = [r.row() for r in sweep.results]
@@ -84,15 +88,22 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
                 + ", ".join(str(r.k) for r in sweep.results if r.note is not None) + "."
             )
         best_k = choice["recommended_k"]
+        if choice["edge_warning"]:
+            run.warn(choice["edge_warning"])
+        moving = [r.k for r in sweep.results if r.converged is False]
+        if moving:
+            run.warn(f"k={', '.join(map(str, moving))} did not converge within max_iter={settings.max_iter} "
+                     "passes; their metrics are for the last centres")
         with run.timed("write tables"):
             run.outputs.update(_write_tables(spark, prep, sweep, best_k, settings, out))
         summary = _summary(run, settings, prep, sweep, choice)
         with run.timed("report"):
-            labels = sweep.sample_labels.get(best_k) if settings.silhouette_sample else None
-            if labels is None and sample_x.shape[0] and best_k in sweep.models:
-                labels = predict_sample(sweep.models[best_k], sample_frame(spark, sample_ids, sample_x), sample_ids)
-            best = next(r for r in sweep.results if r.k == best_k)
-            plots = report.make_plots(rows, choice, sizes=best.cluster_sizes, sample_x=sample_x, sample_labels=labels)
+            shown = [k for k in (best_k, choice.get("runner_up")) if k is not None]
+            scatter_x = sample_x[:_SCATTER_ROWS]
+            scatter = {k: sweep.label_sample(k)[:_SCATTER_ROWS] for k in shown} if scatter_x.shape[0] else {}
+            by_k = {r.k: r for r in sweep.results}
+            plots = report.make_plots(rows, choice, sizes={k: by_k[k].cluster_sizes for k in shown},
+                                      sample_x=scatter_x, sample_labels=scatter)
             blocks = report.build(rows=rows, choice=choice, method_seconds=sweep.method_seconds,
                                   method_rows=sweep.method_rows, summary=summary, plots=plots)
             run.outputs.update(report.write_report(out, blocks, plots))
@@ -102,11 +113,25 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
         run.counts["ks_evaluated"] = len(sweep.results)
         run.timings.update({f"method_{m}": s for m, s in sweep.method_seconds.items() if s})
     finally:
-        prep.df.unpersist()
+        prep.df.unpersist()  # cached by the MLlib algorithms only
+
+
+def cluster_profile(prep: data.Prepared, res: Any) -> list[dict[str, Any]]:
+    """Size, share and centre in the input's units of every cluster of one k."""
+    total = sum(res.cluster_sizes)
+    centres = prep.to_input_units(res.centers)
+    return [
+        {"cluster": i, "size": int(n), "share": n / total if total else 0.0,
+         "center": dict(zip(prep.features, (float(v) for v in c), strict=True))}
+        for i, (n, c) in enumerate(zip(res.cluster_sizes, centres, strict=True))
+    ]
 
 
 def _summary(run: Run, settings: ClusterEvalSettings, prep: data.Prepared, sweep: Sweep,
              choice: dict[str, Any]) -> dict[str, Any]:
+    by_k = {r.k: r for r in sweep.results}
+    profiles = {str(k): cluster_profile(prep, by_k[k]) for k in (choice["recommended_k"], choice.get("runner_up"))
+                if k is not None}
     return {
         "run_id": run.run_id,
         "dataset": run.details.get("dataset", {}),
@@ -118,6 +143,7 @@ def _summary(run: Run, settings: ClusterEvalSettings, prep: data.Prepared, sweep
         "ks": [r.k for r in sweep.results],
         "best_k": choice["best_k"],
         "recommended_k": choice["recommended_k"],
+        "runner_up": choice["runner_up"],
         "votes": choice["votes"],
         "explanation": choice["explanation"],
         "notes": choice["notes"],
@@ -127,13 +153,13 @@ def _summary(run: Run, settings: ClusterEvalSettings, prep: data.Prepared, sweep
         "method_seconds": sweep.method_seconds,
         "method_rows": sweep.method_rows,
         "warnings": list(run.warnings),
+        "fit": {"algorithm": settings.algorithm, **sweep.details},
+        "profiles": profiles,
     }
 
 
 def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k: int | None,
                   settings: ClusterEvalSettings, out: str) -> dict[str, str]:
-    from pyspark.sql import functions as F
-
     from pipelines.delta import write_table
 
     paths = {name: fs.join(out, name) for name in ("metrics", "centers", "assignments")}
@@ -144,15 +170,6 @@ def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k
         for r in sweep.results for i, c in enumerate(r.centers)
     ]
     write_table(spark.createDataFrame(centers, CENTERS_SCHEMA), paths["centers"], mode="overwrite")
-    ks = sorted(sweep.models) if settings.keep_assignments else [best_k]
-    frames: list[DataFrame] = [
-        sweep.models[k].transform(prep.df).select(
-            data.ROW_ID, F.lit(k).cast("int").alias("k"), F.col("prediction").cast("int").alias("cluster")
-        )
-        for k in ks
-    ]
-    assignments = frames[0]
-    for f in frames[1:]:
-        assignments = assignments.unionByName(f)
-    write_table(assignments, paths["assignments"], mode="overwrite", partition_by=["k"])
+    ks = [r.k for r in sweep.results] if settings.keep_assignments else [best_k]
+    write_table(sweep.assignments(ks), paths["assignments"], mode="overwrite", partition_by=["k"])
     return paths

@@ -85,7 +85,9 @@ def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``best_k`` (method -> k or None), ``recommended_k``, ``votes`` (k -> methods),
+        ``best_k`` (method -> k or None), ``recommended_k``, ``runner_up`` (the next k by
+        votes, then mean rank), ``voters``, ``votes`` (k -> methods), ``edge_warning``
+        (set when the recommendation is the smallest or largest k evaluated),
         ``explanation`` (text for the report) and ``notes``.
     """
     best: dict[str, int | None] = {m: best_by_extreme(rows, m) for m in _DIRECTION}
@@ -99,19 +101,24 @@ def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for m in voters:
         votes.setdefault(int(best[m]), []).append(m)  # type: ignore[arg-type]
     if not votes:
-        return {"best_k": best, "recommended_k": None, "votes": {}, "explanation": "no method produced a k", "notes": notes}
+        return {"best_k": best, "recommended_k": None, "runner_up": None, "voters": [], "edge_warning": None,
+                "votes": {}, "explanation": "no method produced a k", "notes": notes}
     top = max(len(v) for v in votes.values())
     tied = sorted(k for k, v in votes.items() if len(v) == top)
     ranks = _mean_ranks(rows, [m for m in voters if m in _DIRECTION or m == "gap"])
     recommended = min(tied, key=lambda k: (ranks.get(k, float("inf")), k))
+
+    others = [k for k in ranks if k != recommended]
+    runner_up = min(others, key=lambda k: (-len(votes.get(k, [])), ranks[k], k)) if others else None
 
     picks = ", ".join(f"{METHOD_LABELS[m]} → k={best[m]}" for m in voters)
     if len(votes) == 1:
         text = f"All {len(voters)} voting methods agree on k={recommended} ({picks})."
     else:
         text = (
-            f"The methods disagree ({picks}). Each method family casts one vote; "
-            f"k={recommended} has {top} of {len(voters)} votes ({', '.join(METHOD_LABELS[m] for m in votes[recommended])})."
+            f"{top} of {len(voters)} methods agree on k={recommended} "
+            f"({', '.join(METHOD_LABELS[m] for m in votes[recommended])}); each method family casts one vote "
+            f"({picks})."
         )
         if len(tied) > 1:
             text += (
@@ -120,15 +127,25 @@ def choose(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 + ", ".join(f"k={k}: {ranks.get(k, float('nan')):.2f}" for k in tied)
                 + "), then to the smaller k."
             )
-        text += " When methods disagree, inspect the metric plots: a weak or absent peak means the data has no clear cluster count."
+        if top * 2 <= len(voters):
+            text += " No majority: inspect the metric plots; a weak or absent peak means the data has no clear cluster count."
     if sil == "silhouette_sample" and best["silhouette_spark"] is not None and best["silhouette_spark"] != best[sil]:
         text += (
             f" Spark's squared-Euclidean silhouette picks k={best['silhouette_spark']}; it is a different measure "
             "from the Euclidean silhouette and does not vote."
         )
+    all_ks = sorted(r["k"] for r in rows)
+    edge = None
+    if len(all_ks) > 1 and recommended in (all_ks[0], all_ks[-1]):
+        side = "smallest" if recommended == all_ks[0] else "largest"
+        edge = (f"the recommended k={recommended} is the {side} k evaluated ({all_ks[0]}..{all_ks[-1]}); "
+                "widen the range to check that it is not cut off")
     return {
         "best_k": best,
         "recommended_k": int(recommended),
+        "runner_up": runner_up,
+        "voters": voters,
+        "edge_warning": edge,
         "votes": {str(k): v for k, v in sorted(votes.items())},
         "explanation": text,
         "notes": notes,

@@ -1,0 +1,268 @@
+"""The default ``kmeans`` sweep: every k in a handful of passes over the data.
+
+1. summary: a seeded sample of at most ``summary_rows`` rows (one pass; the sample is
+   keyed by a hash of the row id, so it does not depend on the partitioning);
+2. every k fitted on the driver: k-means++ with ``n_init`` restarts on the summary;
+3. Lloyd refinement on the full data, one pass per step for all ks still moving, until a
+   step lowers a k's inertia by at most ``tol`` (relative) or after ``max_iter`` passes;
+4. one exact evaluation pass for all ks: inertia, Calinski-Harabasz, Davies-Bouldin,
+   Spark's squared-Euclidean silhouette and, with ``--gmm``, each mixture's log-likelihood.
+
+The per-row work is :mod:`pipelines.cluster.lloyd` (numpy); :func:`pipelines.cluster.passes.reduce`
+runs it over Spark. Nothing is cached: each pass streams from the prepared input.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipelines.cluster import lloyd, passes
+from pipelines.cluster.data import (
+    ROW_ID,
+    Prepared,
+    bounded_sample,
+    distinct_points,
+    feature_columns,
+)
+from pipelines.cluster.scores import ClusterStats, calinski_harabasz_from_stats, davies_bouldin_from_stats
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from pipelines.config import ClusterEvalSettings
+    from pipelines.runs import Run
+
+
+def _threads_one():
+    # scikit-learn's OpenMP and BLAS threads spin against Spark's workers on a busy
+    # machine (12x slower measured on 2 cores); one thread is also deterministic.
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(1)
+
+
+def runner(frame: DataFrame):
+    """``run_pass(kernel, length)`` over the scaled feature columns of ``frame``."""
+    cols = frame.select(*[c for c in frame.columns if c != ROW_ID])
+
+    def run_pass(kernel, length: int) -> np.ndarray:
+        def limited(x: np.ndarray) -> np.ndarray:
+            with _threads_one():
+                return kernel(x)
+
+        return passes.reduce(cols, limited, length)
+
+    return run_pass
+
+
+@dataclass
+class Fitted:
+    """The refined ks of one data set: fits in input (clustering-space) coordinates via ``pivot``."""
+
+    pivot: np.ndarray
+    fits: dict[int, lloyd.KFit]
+    skipped: dict[int, str]
+    summary_rows: int
+
+
+def fit_all(
+    frame: DataFrame,
+    ks: list[int],
+    settings: ClusterEvalSettings,
+    run: Run,
+    *,
+    rows: int,
+    key: list[str],
+    summary: np.ndarray | None = None,
+    label: str = "",
+) -> Fitted:
+    """Summary, driver-side fit of every k, and full-data Lloyd refinement of ``frame``.
+
+    Parameters
+    ----------
+    frame : pyspark.sql.DataFrame
+        A prepared frame: ``_row_id`` and the scaled feature columns.
+    ks : list of int
+    settings : ClusterEvalSettings
+        ``summary_rows``, ``n_init``, ``seed``, ``tol`` and ``max_iter`` are used.
+    run : Run
+        For progress lines.
+    rows : int
+        Rows of ``frame``.
+    key : list of str
+        Columns the summary sample hashes.
+    summary : ndarray, optional
+        The already drawn sample, when the caller has one.
+    label : str
+        Prefix of the progress lines.
+
+    Returns
+    -------
+    Fitted
+    """
+    if summary is None:
+        run.progress(f"{label}summary pass: seeded sample of at most {settings.summary_rows} of {rows} rows")
+        _, summary = bounded_sample(frame, n_max=settings.summary_rows, rows=rows, seed=settings.seed, key=key)
+    pivot = summary.mean(axis=0)
+    with _threads_one():
+        init = lloyd.fit_summary(summary, ks, n_init=settings.n_init, seed=settings.seed)
+    skipped: dict[int, str] = {}
+    missing = [k for k, c in init.items() if c is None]
+    if missing:
+        # the summary has fewer distinct points than these ks; the full data may not
+        n_distinct = distinct_points(frame, limit=max(ks)) if summary.shape[0] < rows else \
+            np.unique(summary, axis=0).shape[0]
+        for k in missing:
+            skipped[k] = f"fewer distinct points ({n_distinct}) than k={k}"
+            if n_distinct >= k:
+                skipped[k] = f"the summary has fewer distinct points than k={k}; raise summary_rows"
+    init = {k: c for k, c in init.items() if c is not None}
+    fits = lloyd.refine(runner(frame), init, pivot=pivot, tol=settings.tol, max_passes=settings.max_iter,
+                        progress=lambda m: run.progress(label + m)) if init else {}
+    return Fitted(pivot, fits, skipped, int(summary.shape[0]))
+
+
+def gmm_params(summary: np.ndarray, k: int, *, pivot: np.ndarray, seed: int) -> lloyd.GmmParams:
+    """A full-covariance GaussianMixture fitted on the summary (scikit-learn)."""
+    from sklearn.mixture import GaussianMixture
+
+    with _threads_one():
+        gm = GaussianMixture(n_components=k, covariance_type="full", random_state=seed, max_iter=200).fit(summary)
+    return lloyd.GmmParams(np.log(gm.weights_), gm.means_ - pivot, gm.precisions_cholesky_)
+
+
+def stats_of(ev: lloyd.KEval) -> ClusterStats:
+    return ClusterStats(ev.labels, ev.counts, ev.centroids, ev.sse, ev.sum_dist)
+
+
+def run_batched(
+    spark: SparkSession,
+    prep: Prepared,
+    ks: list[int],
+    settings: ClusterEvalSettings,
+    run: Run,
+    *,
+    sample_ids: np.ndarray,
+    sample_x: np.ndarray,
+):
+    """The whole sweep (see the module docstring); ``sample_x`` is the summary, in rank order."""
+    from pipelines.cluster.sweep import KResult, Sweep, gap_statistic
+
+    secs: dict[str, float] = {}
+    t0 = time.monotonic()
+    fitted = fit_all(prep.frame, ks, settings, run, rows=prep.rows, key=prep.sample_key, summary=sample_x)
+    pivot, fits = fitted.pivot, fitted.fits
+    order = [k for k in ks if k in fits]
+    gmm = [gmm_params(sample_x, k, pivot=pivot, seed=settings.seed) for k in order] if settings.gmm else []
+    secs["summary_lloyd"] = time.monotonic() - t0
+    run.progress(f"evaluation pass: inertia, Calinski-Harabasz, Davies-Bouldin, Spark silhouette"
+                 f"{', GMM log-likelihood' if gmm else ''} for k={','.join(map(str, order))}")
+    t0 = time.monotonic()
+    evals = dict(zip(order, lloyd.evaluate(runner(prep.frame), [fits[k] for k in order], pivot=pivot, gmm=gmm),
+                     strict=True)) if order else {}
+    secs["evaluation"] = time.monotonic() - t0
+
+    n_sil = min(settings.silhouette_sample, sample_x.shape[0])
+    final = lloyd.Bank.stack([fits[k].centres for k in order]) if order else None
+    sample_labels = lloyd.labels_for(sample_x, pivot=pivot, bank=final) if final is not None else None
+    sil: dict[int, float | None] = {}
+    if n_sil and order:
+        t0 = time.monotonic()
+        run.progress(f"exact silhouette of a {n_sil}-row sample for k={','.join(map(str, order))}")
+        with _threads_one():
+            sil = dict(zip(order, lloyd.sample_silhouettes(sample_x[:n_sil], sample_labels[:n_sil]), strict=True))
+        secs["silhouette_sample"] = time.monotonic() - t0
+
+    results: list[KResult] = []
+    skipped = [{"k": k, "reason": r} for k, r in fitted.skipped.items()]
+    for k, reason in fitted.skipped.items():
+        run.warn(f"k={k} skipped: {reason}")
+    for k in order:
+        f, ev = fits[k], evals[k]
+        res = KResult(k=k, algorithm=settings.algorithm, n_iter=f.n_iter, converged=f.converged)
+        sizes = np.zeros(k, dtype=np.int64)
+        sizes[ev.labels] = ev.counts
+        res.cluster_sizes = [int(s) for s in sizes]
+        res.n_clusters = int(ev.labels.shape[0])
+        res.centers = f.means + pivot
+        if res.n_clusters < 2:
+            reason = "kmeans put every point in one cluster"
+            run.warn(f"k={k} skipped: {reason}")
+            skipped.append({"k": k, "reason": reason})
+            continue
+        if res.n_clusters < k:
+            res.note = f"kmeans returned {res.n_clusters} non-empty clusters of k={k} asked"
+            run.warn(f"k={k}: {res.note}")
+        stats = stats_of(ev)
+        res.inertia = stats.inertia
+        res.training_cost = stats.inertia
+        res.calinski_harabasz = calinski_harabasz_from_stats(stats)
+        res.davies_bouldin = davies_bouldin_from_stats(stats)
+        res.silhouette_spark = ev.silhouette_spark
+        res.silhouette_sample = sil.get(k)
+        if gmm:
+            d = len(prep.features)
+            n_params = (k - 1) + k * d + k * d * (d + 1) // 2
+            res.log_likelihood = ev.log_likelihood
+            res.bic = -2.0 * ev.log_likelihood + n_params * math.log(prep.rows)
+            res.aic = -2.0 * ev.log_likelihood + 2.0 * n_params
+        results.append(res)
+        run.progress(f"k={k}: inertia={res.inertia:.6g} CH={res.calinski_harabasz:.6g} DB={res.davies_bouldin:.6g} "
+                     f"silhouette(spark)={res.silhouette_spark:.4f} passes={f.n_iter}"
+                     f"{'' if f.converged else ' (not converged)'}")
+    gap_info = None
+    if settings.gap and results:
+        t0 = time.monotonic()
+        gap_info = gap_statistic(spark, prep, results, settings, run,
+                                 costs=lambda frame, rows, ks_, key, label: _costs(frame, rows, ks_, key, settings, run,
+                                                                                   label))
+        secs["gap"] = time.monotonic() - t0
+    index = {k: j for j, k in enumerate(order)}
+    method_rows = {
+        "summary_lloyd": prep.rows, "evaluation": prep.rows, "silhouette_sample": n_sil if sil else 0,
+        "gap": int(gap_info["rows"]) if gap_info else 0,
+    }
+    return Sweep(
+        results, skipped, {m: round(s, 3) for m, s in secs.items()}, method_rows, gap_info, sample_ids, sample_x,
+        label_sample=lambda k: sample_labels[:, index[k]],
+        assignments=lambda keep: assignments(prep.frame, {k: fits[k].centres for k in keep}, pivot=pivot),
+        details={"summary_rows": fitted.summary_rows, "passes": max((f.n_iter for f in fits.values()), default=0) + 1,
+                 "silhouette_sample_rows": n_sil},
+    )
+
+
+def _costs(frame: DataFrame, rows: int, ks: list[int], key: list[str], settings: ClusterEvalSettings, run: Run,
+           label: str) -> list[float]:
+    fitted = fit_all(frame, ks, settings, run, rows=rows, key=key, label=label)
+    return [fitted.fits[k].inertia if k in fitted.fits else math.nan for k in ks]
+
+
+def assignments(frame: DataFrame, centres: dict[int, np.ndarray], *, pivot: np.ndarray) -> DataFrame:
+    """``_row_id, k, cluster`` for every row and every k of ``centres`` (pivoted), one pass."""
+    import pyarrow as pa
+
+    ks = sorted(centres)
+    bank = lloyd.Bank.stack([centres[k] for k in ks])
+    names = feature_columns(len(pivot))
+
+    def label(batches):
+        for b in batches:
+            if not b.num_rows:
+                continue
+            x = np.column_stack([b.column(c).to_numpy() for c in names]).astype(np.float64, copy=False)
+            with _threads_one():
+                lab = lloyd.labels_for(x, pivot=pivot, bank=bank)
+            ids = b.column(ROW_ID).to_numpy()
+            yield pa.RecordBatch.from_pydict({
+                ROW_ID: pa.array(np.repeat(ids, len(ks)), pa.int64()),
+                "k": pa.array(np.tile(np.array(ks, dtype=np.int32), b.num_rows)),
+                "cluster": pa.array(lab.ravel().astype(np.int32)),
+            })
+
+    return frame.select(ROW_ID, *names).mapInArrow(label, f"{ROW_ID} long, k int, cluster int")
+

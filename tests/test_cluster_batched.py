@@ -1,0 +1,101 @@
+"""The batched kmeans sweep over Spark: exactness against scikit-learn and ClusteringEvaluator,
+partition independence, ID-like columns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import datasets, metrics
+
+from pipelines.cluster import lloyd
+from pipelines.cluster.batched import assignments, fit_all, runner, stats_of
+from pipelines.cluster.data import ROW_ID, feature_columns, select_features
+from pipelines.cluster.scores import calinski_harabasz_from_stats, davies_bouldin_from_stats
+from pipelines.config import ClusterEvalSettings
+from pipelines.runs import Run
+
+KS = [2, 3, 4, 5]
+
+
+def frame(spark, x, partitions):
+    names = feature_columns(x.shape[1])
+    rows = [(i, *map(float, v)) for i, v in enumerate(x)]
+    schema = f"{ROW_ID} long, " + ", ".join(f"{n} double" for n in names)
+    return spark.createDataFrame(rows, schema).repartition(partitions).cache()
+
+
+@pytest.fixture(scope="module")
+def wine():
+    x = datasets.load_wine().data
+    return (x - x.mean(axis=0)) / x.std(axis=0)
+
+
+def sweep(spark, x, partitions, *, summary_rows=50_000):
+    settings = ClusterEvalSettings(summary_rows=summary_rows, n_init=3)
+    run = Run(job="test", output="unused")
+    df = frame(spark, x, partitions)
+    fitted = fit_all(df, KS, settings, run, rows=x.shape[0], key=[ROW_ID])
+    order = sorted(fitted.fits)
+    evals = lloyd.evaluate(runner(df), [fitted.fits[k] for k in order], pivot=fitted.pivot)
+    labels = {r[ROW_ID] * 100 + r["k"]: r["cluster"]
+              for r in assignments(df, {k: fitted.fits[k].centres for k in order}, pivot=fitted.pivot).collect()}
+    df.unpersist()
+    return fitted, dict(zip(order, evals, strict=True)), {
+        k: np.array([labels[i * 100 + k] for i in range(x.shape[0])]) for k in order
+    }
+
+
+@pytest.fixture(scope="module")
+def one_and_seven(spark, wine):
+    return sweep(spark, wine, 1), sweep(spark, wine, 7)
+
+
+def test_metrics_equal_sklearn_and_spark_on_the_job_labels(spark, wine, one_and_seven):
+    from pyspark.ml.evaluation import ClusteringEvaluator
+    from pyspark.ml.linalg import Vectors
+
+    _, evals, labels = one_and_seven[1]
+    evaluator = ClusteringEvaluator(metricName="silhouette", distanceMeasure="squaredEuclidean")
+    for k, ev in evals.items():
+        lab = labels[k]
+        assert calinski_harabasz_from_stats(stats_of(ev)) == pytest.approx(metrics.calinski_harabasz_score(wine, lab),
+                                                                           rel=1e-9)
+        assert davies_bouldin_from_stats(stats_of(ev)) == pytest.approx(metrics.davies_bouldin_score(wine, lab),
+                                                                        rel=1e-9)
+        pred = spark.createDataFrame([(Vectors.dense(v), int(c)) for v, c in zip(wine, lab, strict=True)],
+                                     ["features", "prediction"])
+        assert ev.silhouette_spark == pytest.approx(evaluator.evaluate(pred), rel=1e-9)
+
+
+def test_one_and_seven_partitions_give_the_same_result(one_and_seven):
+    (fa, ea, la), (fb, eb, lb) = one_and_seven
+    for k in KS:
+        np.testing.assert_array_equal(la[k], lb[k])
+        assert fa.fits[k].n_iter == fb.fits[k].n_iter and fa.fits[k].converged == fb.fits[k].converged
+        np.testing.assert_array_equal(ea[k].counts, eb[k].counts)
+        np.testing.assert_allclose(ea[k].centroids, eb[k].centroids, rtol=1e-12, atol=1e-12)
+        assert stats_of(ea[k]).inertia == pytest.approx(stats_of(eb[k]).inertia, rel=1e-12)
+        assert ea[k].silhouette_spark == pytest.approx(eb[k].silhouette_spark, rel=1e-12)
+
+
+def test_a_sampled_summary_does_not_depend_on_partitioning(spark):
+    x, _ = datasets.make_blobs(n_samples=3000, centers=4, n_features=3, random_state=4)
+    a, _, la = sweep(spark, x, 1, summary_rows=500)
+    b, _, lb = sweep(spark, x, 7, summary_rows=500)
+    assert a.summary_rows == b.summary_rows <= 500
+    np.testing.assert_array_equal(a.pivot, b.pivot)
+    for k in KS:
+        np.testing.assert_array_equal(la[k], lb[k])
+
+
+def test_id_like_columns_are_left_out_by_default(spark):
+    from pyspark.sql import functions as F
+
+    df = spark.createDataFrame(
+        [(i, 1000 + i, i % 3, float(i) * 0.5, float(i % 7)) for i in range(200)],
+        "id long, customer_id long, segment int, amount double, score double",
+    ).withColumn("serial", F.col("customer_id") * 3)
+    run = Run(job="test", output="unused")
+    assert select_features(df, None, source="t", run=run) == ["segment", "amount", "score"]
+    assert "id: named like an id" in run.warnings[0] and "serial: integer, unique per row" in run.warnings[0]
+    assert select_features(df, ["customer_id", "amount"], source="t", run=run) == ["customer_id", "amount"]
