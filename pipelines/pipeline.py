@@ -75,14 +75,18 @@ def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
         sub = Run(job=name, output=str(getattr(section, output_key)), params=section.model_dump())
         run.progress(f"stage {i}/5: {name}")
         with run.timed(name):
+            refused: type[UserError] | None = None
             try:
                 stage(spark, stage_cfg, sub)
                 sub.status = "succeeded" if sub.status == "running" else sub.status
             except UserError as exc:
-                sub.status, sub.error = "failed", str(exc)
+                sub.status, sub.error, refused = "failed", str(exc), type(exc)
         summary = sub.write_summary()
         summaries.append({k: summary[k] for k in ("job", "run_id", "status", "output", "counts", "outputs", "error")})
         run.outputs[name] = sub.output
         if sub.status != "succeeded":
+            if refused is not None:  # as the stage's own job would end: its exit code and one error line
+                raise refused(f"stage {name}: {sub.error}")
             run.status, run.error = "failed", f"stage {name} failed: {sub.error}"
+            run.progress(f"error: {run.error}")
             return

@@ -1,15 +1,19 @@
 """Runs: ids, summaries, progress, and the job entry-point wrapper.
 
 Every job run gets a run id and writes ``<output>/_runs/<run_id>.json`` (job, inputs,
-parameters, counts, timings, outputs, status). The same JSON is the last line on
-stdout. A :class:`~pipelines.errors.UserError` ends the run with one line on stderr
-and exit code 2; any other exception is a bug and keeps its traceback (exit 1).
+parameters, counts, timings, outputs, status) when it starts (status ``running``) and
+again when it ends. The same JSON is the last line on stdout. A
+:class:`~pipelines.errors.UserError` ends the run with one line on stderr and exit
+code 2 (:class:`~pipelines.errors.ConflictError`: 1); a data file Spark cannot read, one
+line naming it and exit 1; any other exception is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 import traceback
@@ -27,6 +31,54 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from pipelines.config import Config
+
+
+def console(message: str) -> None:
+    """Write ``message`` (a progress or error line) to the job's stderr.
+
+    Under ``spark-submit`` the Python driver is a child of the JVM, whose PythonRunner
+    merges the child's stderr into stdout; there the line goes through the JVM's own
+    ``System.err`` (the py4j gateway spark-submit opened), so stdout keeps only what the
+    job prints there (the JSON summary, last). Elsewhere it is plain ``sys.stderr``.
+    """
+    err = _jvm_stderr()
+    if err is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        err.println(message)
+        err.flush()
+
+
+def _jvm_stderr():
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not a child of spark-submit's JVM
+        return None
+    try:
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()  # connects to the running JVM; no SparkContext is made
+        return SparkContext._jvm.System.err
+    except Exception:  # no usable gateway: stderr as it is
+        return None
+
+
+_FAILED_READ = re.compile(r"Encountered error while reading file (\S+?)\.?\s+SQLSTATE")
+_CAUSE = re.compile(r"^Caused by: ([\w.$]+): (.*)$", re.MULTILINE)
+
+
+def read_fault(exc: BaseException) -> str | None:
+    """One line naming the data file Spark could not read (corrupt, truncated, vanished), else None.
+
+    An I/O fault, not bad input: the same Spark error also stands for a storage read that
+    failed, so it exits 1 (a failure), with the file and the deepest cause instead of the
+    Java and Python traces.
+    """
+    text = str(exc)
+    match = _FAILED_READ.search(text)
+    if match is None:
+        return None
+    causes = _CAUSE.findall(text)
+    why = f" ({causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()})" if causes else ""
+    return f"{re.sub(r'^file:(//)?', '', match.group(1))}: cannot read this data file{why}"
 
 
 def new_run_id(job: str) -> str:
@@ -69,7 +121,7 @@ class Run:
             self.progress(f"{name} done in {self.timings[name]:.1f}s")
 
     def progress(self, message: str) -> None:
-        print(f"[{self.job}] {message}", file=sys.stderr, flush=True)
+        console(f"[{self.job}] {message}")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -104,7 +156,7 @@ class JobArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit code 2 (argparse's own code for usage errors)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        console(f"{self.prog}: error: {message}")
         raise SystemExit(2)
 
 
@@ -156,6 +208,7 @@ def execute(
             delta.set_backend(cfg.delta.backend)
             settings = getattr(cfg, section)
             run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
+            run.write_summary()  # status "running" until the end: a killed run is never recorded as succeeded
             spark = stack.enter_context(session(cfg.spark))
             # Recorded when the run ends, with the executors that really ran its tasks.
             stack.callback(lambda: run.details.__setitem__("spark", describe(spark)))
@@ -163,15 +216,16 @@ def execute(
             run.status = "succeeded" if run.status == "running" else run.status
             code = 0 if run.status == "succeeded" else 1
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            console(f"error: {exc}")
             if run is None:
-                return UserError.exit_code
-            run.status, run.error, code = "failed", str(exc), UserError.exit_code
-        except Exception as exc:  # a bug: keep the traceback, still record the run
-            traceback.print_exc()
+                return exc.exit_code
+            run.status, run.error, code = "failed", str(exc), exc.exit_code
+        except Exception as exc:  # a bug (keep the traceback) or an unreadable data file; still record the run
+            fault = read_fault(exc)
+            console(f"error: {fault}" if fault else traceback.format_exc().rstrip())
             if run is None:
                 return 1
-            run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
+            run.status, run.error, code = "failed", fault or f"{type(exc).__name__}: {exc}", 1
     data = run.write_summary()
     print(json.dumps(data, default=str), flush=True)
     return code

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import traceback
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -41,7 +40,7 @@ from pipelines.gmm import kernels
 from pipelines.gmm.kernels import ROW_ID, ColumnPlan, Stat
 from pipelines.gmm.model import models_from_rows
 from pipelines.partitions import polars_map, spark_map
-from pipelines.runs import JobArgumentParser, Run, add_config_flag
+from pipelines.runs import JobArgumentParser, Run, add_config_flag, console
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -429,12 +428,12 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m pipelines.
         run_stage(None, cfg, run)
         run.status, code = "succeeded", 0
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        console(f"error: {exc}")
         if run is None:
             return UserError.exit_code
         run.status, run.error, code = "failed", str(exc), UserError.exit_code
     except Exception as exc:  # a bug: keep the traceback, still record the run (as runs.execute does)
-        traceback.print_exc()
+        console(traceback.format_exc().rstrip())
         if run is None:
             return 1
         run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
