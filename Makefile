@@ -28,7 +28,8 @@ run: java $(VENV)/.installed
 	$(VENV)/bin/spark-submit --driver-memory 4g jobs/cluster_eval.py $(ARGS)
 
 test: java $(VENV)/.installed
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,$(PY) -m pytest -m cluster tests/faults)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pipelines jobs tests benchmarks notebooks
