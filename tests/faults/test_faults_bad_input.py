@@ -68,7 +68,7 @@ def state(spark, work, bronze):
         pl.when((pl.col("column") == "score") & (pl.col("bin") == 3)).then(pl.col("upper") + 100.0)
         .otherwise(pl.col("lower")).alias("lower"))
     delta.write_polars(swapped, str(tokenizer), mode="overwrite")
-    return {"root": root, "bronze": bronze, "good": good, "victim": victim, "last_log": last, "d": damaged}
+    return {"work": work, "root": root, "bronze": bronze, "good": good, "victim": victim, "last_log": last, "d": damaged}
 
 
 def _cases(s):
@@ -147,9 +147,9 @@ def test_bad_input_sweep(state, capsys):
         if changed or delta.table_version(str(state["bronze"])) != before_bronze:
             problems.append(f"tables changed: {changed}")
         line = errors[0] if errors else (err.strip().splitlines() or [""])[-1]
-        figure("bad inputs", input=kind, job=job, case=" ".join(str(a).replace(str(state["root"]), "…")
+        figure("bad inputs", input=kind, job=job, case=" ".join(str(a).replace(str(state["work"]), "…")
                                                            for a in argv[:4]),
-               exit=code, line=line.replace(str(state["root"]), "…")[:160], ok="yes" if not problems else "NO")
+               exit=code, line=line.replace(str(state["work"]), "…")[:160], ok="yes" if not problems else "NO")
         if problems:
             failures.append(f"{job} {argv[:4]}: {'; '.join(problems)}: {line}")
     assert not failures, "\n".join(failures)

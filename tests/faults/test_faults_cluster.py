@@ -77,11 +77,11 @@ def split_input(spark, work, bronze):
     return path
 
 
-def _parquet_appears(root: Path, job: Job) -> bool:
-    """Wait (polling the folder, not a fixed sleep) until a task has a Parquet file open under
-    ``root``; False if the job ended first."""
+def _task_writing(root: Path, job: Job) -> bool:
+    """Wait (polling the folder, not a fixed sleep) until an executor task has its output file
+    open under ``root`` (Spark's ``_temporary`` attempt folder); False if the job ended first."""
     while job.proc.poll() is None:
-        if any(p.suffix == ".parquet" for p in root.rglob("*.parquet")):
+        if any("_temporary" in p.parts for p in root.rglob("*.parquet")):
             return True
         time.sleep(0.02)
     return False
@@ -100,7 +100,7 @@ def test_lost_executor_mid_pass(spark, work, split_input, job_name):
     if job_name == "cluster_eval":  # mid-sweep: the prepared data is cached on the executors
         hit = disturbed.wait_for(r"^\[cluster_eval\] k=3 \(2 of") is not None
     else:  # mid-write: a task is writing its output file
-        hit = _parquet_appears(out_root, disturbed)
+        hit = _task_writing(out_root, disturbed)
     assert hit, f"{job_name} ended before the kill point"
     executors = disturbed.executors()
     assert len(executors) == 2, executors

@@ -18,6 +18,7 @@ CONFLICT_WORDS = ("conflict", "concurrent", "held by run", "another run")
 @pytest.mark.parametrize("job_name", ["gmm_fit", "tokenize", "ingest"])
 def test_two_runs_on_one_output(spark, work, reference, job_name):
     ref_root, out_root = reference["root"], work / "concurrent"
+    reference["lines"](job_name)  # the undisturbed run to compare with
     args = [str(a).replace(str(ref_root), str(out_root)) for a in reference["args"][job_name]]
     pair = [Job(job_name, *args), Job(job_name, *args)]
     results = [j.finish() for j in pair]

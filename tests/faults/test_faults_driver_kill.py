@@ -70,9 +70,9 @@ def test_killed_driver_then_rerun(spark, work, reference, job_name):
     args = [str(a).replace(str(ref_root), str(out_root)) for a in reference["args"][job_name]]
     if job_name == "gmm_transform":  # transform with the undisturbed fit
         args[args.index("--fit-dir") + 1] = str(ref_root / "gmm_fit")
+    lines = reference["lines"](job_name)
     target, want_root = out_root / job_name, ref_root / job_name
     want = {str(t.relative_to(want_root)): frames_by_partition(t) for t in delta_tables(want_root)}
-    lines = reference["lines"][job_name]
     points = sorted(rng.sample(range(len(lines)), min(POINTS, len(lines))))
     survived = 0
     for i in points:
