@@ -24,6 +24,7 @@ from typing import Any
 import deltalake
 import polars as pl
 import psutil
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parents[2]
@@ -179,12 +180,14 @@ def versions(root: Path) -> dict[str, int]:
 
 def check_committed_files(table: Path) -> dict[str, int]:
     """The log against the disk: every committed file exists and holds the rows its add action says,
-    and no other Parquet file sits in a folder the latest version commits into.
+    and no other Parquet file sits in a ``w-<uuid>/`` folder (one Spark write, committed whole)
+    that the latest version commits.
 
-    Returns ``{"files": committed files, "rows": rows, "stray": uncommitted files elsewhere}``.
+    Returns ``{"files": committed files, "rows": rows, "stray": files the latest version does not
+    commit}`` (older versions' files and what killed writers left; readers never see them).
     """
     dt = deltalake.DeltaTable(str(table))
-    adds = dt.get_add_actions(flatten=True).to_pylist()
+    adds = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
     committed = {str(table / a["path"]) for a in adds}
     rows = 0
     for a in adds:
@@ -193,7 +196,7 @@ def check_committed_files(table: Path) -> dict[str, int]:
         n = pq.read_metadata(path).num_rows
         assert n == a["num_records"], f"{table}: {a['path']} holds {n} rows, its add action says {a['num_records']}"
         rows += n
-    folders = {os.path.dirname(p) for p in committed}
+    folders = {os.path.dirname(p) for p in committed if os.path.basename(os.path.dirname(p)).startswith("w-")}
     on_disk = {str(p) for p in table.rglob("*.parquet") if "_delta_log" not in p.parts}
     leaked = sorted(p for p in on_disk - committed if os.path.dirname(p) in folders and "/_temporary/" not in p)
     assert not leaked, f"{table}: uncommitted files inside a committed folder: {leaked[:3]}"
