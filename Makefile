@@ -38,11 +38,13 @@ run: java jars
 	$(VENV)/bin/spark-submit --driver-memory 4g $(if $(DELTA_JARS),--jars $(DELTA_JARS)) jobs/cluster_eval.py $(ARGS)
 
 # Test tiers, one pytest process each (one JVM cannot host a classic and a Connect
-# session). A tier is one line: its environment, then the tests it runs.
+# session). A tier is one line: its environment, then the tests it runs. With
+# PYTEST_ARGS only the first tier runs, with those arguments.
 test: java jars
-	$(PY) -m pytest $(PYTEST_ARGS)
-	PIPELINES_DELTA_JARS=none $(PY) -m pytest $(PYTEST_ARGS)
-	PIPELINES_SPARK_CONNECT=1 $(PY) -m pytest $(PYTEST_ARGS) tests/test_backends.py tests/test_delta.py tests/test_delta_engines.py
+	$(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
+	$(if $(PYTEST_ARGS),,PIPELINES_DELTA_JARS=none $(PY) -m pytest -m "not cluster")
+	$(if $(PYTEST_ARGS),,PIPELINES_SPARK_CONNECT=1 $(PY) -m pytest tests/test_backends.py tests/test_delta.py tests/test_delta_engines.py)
+	$(if $(PYTEST_ARGS),,$(PY) -m pytest -m cluster tests/faults)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check pipelines jobs tests benchmarks notebooks

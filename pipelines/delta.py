@@ -39,6 +39,7 @@ import datetime
 import json
 import math
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -51,7 +52,7 @@ import pyarrow.parquet as pq
 
 from pipelines import fs
 from pipelines.columns import quote
-from pipelines.errors import UserError
+from pipelines.errors import ConflictError, UserError
 
 if TYPE_CHECKING:
     import polars as pl
@@ -62,6 +63,8 @@ _BACKEND_ENV = "PIPELINES_DELTA_BACKEND"
 _PROPERTIES_KEY = "pipelines.properties"
 _ROW_GROUP_BYTES = 64 << 20  # Arrow bytes buffered per open file before a row group is flushed
 _DEFAULT_TARGET_FILE_BYTES = 128 << 20
+# An uncommitted w-<uuid>/ folder younger than this may be a running writer's: kept.
+ORPHAN_MIN_AGE_SECONDS = 3600.0
 # Reader features a file-list read cannot honour: it would return deleted rows or wrong names.
 _UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping"}
 
@@ -174,7 +177,29 @@ def _open(path: str, version: int | None = None):
     except Exception as exc:  # delta-rs raises TableNotFoundError / DeltaError / OSError
         if not table_exists(path):
             raise UserError(f"{path}: not a Delta table (no _delta_log)") from None
-        raise UserError(f"{path}: cannot open Delta table{f' at version {version}' if version is not None else ''}: {exc}") from None
+        at = f" at version {version}" if version is not None else ""
+        raise UserError(f"{path}: cannot open Delta table{at}: {_bad_log_file(uri) or _without_backtrace(exc)}") from None
+
+
+def _without_backtrace(exc: BaseException) -> str:
+    """delta-rs's message without the native stack trace it appends (``0: <unknown> ...``)."""
+    return re.split(r"\n\s*(?:Stack backtrace:\s*)?0: ", str(exc), maxsplit=1)[0].strip()
+
+
+def _bad_log_file(uri: str) -> str | None:
+    """``<commit file>: line N is not valid JSON`` for the first unreadable commit of a local log."""
+    if fs.is_remote(uri):
+        return None
+    log = os.path.join(uri, "_delta_log")
+    for name in sorted(n for n in os.listdir(log) if n.endswith(".json")) if os.path.isdir(log) else []:
+        with open(os.path.join(log, name), encoding="utf-8", errors="replace") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except ValueError:
+                    return f"{os.path.join(log, name)}: line {number} is not valid JSON (a truncated or corrupt commit)"
+    return None
 
 
 def table_exists(path: str) -> bool:
@@ -602,6 +627,7 @@ def _commit(
 ) -> int:
     """One atomic delta-rs commit of ``files``. Returns the new table version."""
     from deltalake import CommitProperties, DeltaTable, Schema
+    from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction, create_table_with_add_actions
 
     if mode not in ("append", "overwrite"):
@@ -648,14 +674,18 @@ def _commit(
     if mode == "append" and list(existing) != list(partition_by):
         raise UserError(f"{root}: table is partitioned by {existing}, the write by {list(partition_by)}")
     filters = [(k, "=", _partition_string(v)) for k, v in (replace_where or {}).items()] or None
-    dt.create_write_transaction(
-        actions,
-        mode=mode,
-        schema=delta_schema,
-        partition_by=list(partition_by) or None,
-        partition_filters=filters,
-        commit_properties=commit_props,
-    )
+    try:
+        dt.create_write_transaction(
+            actions,
+            mode=mode,
+            schema=delta_schema,
+            partition_by=list(partition_by) or None,
+            partition_filters=filters,
+            commit_properties=commit_props,
+        )
+    except CommitFailedError as exc:  # optimistic concurrency: another writer's commit won
+        raise ConflictError(f"{root}: a concurrent write committed first ({_without_backtrace(exc)}); "
+                            "this run committed nothing, run it again") from None
     dt.update_incremental()
     if properties is not None and dict(properties) != table_properties(root):
         dt.alter.set_table_description(_description(properties))  # a metadata-only commit
@@ -693,9 +723,12 @@ def write_arrow_batches(
     except BaseException:
         writer.abort()
         raise
-    return _commit(
-        root, files, schema, mode=mode, partition_by=partition_by or [], replace_where=replace_where, properties=properties
-    )
+    try:
+        return _commit(root, files, schema, mode=mode, partition_by=partition_by or [], replace_where=replace_where,
+                       properties=properties)
+    except ConflictError:
+        _delete_files(root, files)  # never committed: nothing may keep them
+        raise
 
 
 def write_polars(
@@ -812,13 +845,64 @@ def _write_spark_parquet(
             elif saved != "TIMESTAMP_MICROS":
                 spark.conf.set(key, saved)
         files = _footers(target, folder)
-        return _commit(root, files, schema, mode=mode, partition_by=[], replace_where=None, properties=properties)
+        version = _commit(root, files, schema, mode=mode, partition_by=[], replace_where=None, properties=properties)
     except BaseException:
         # A commit that landed before a later step failed (e.g. the description update)
         # references these files: they must stay.
         if not (table_exists(root) and any(f"/{folder}/" in u for u in _open(root).file_uris())):
             _delete_tree(target)
         raise
+    remove_orphan_folders(root)
+    return version
+
+
+def remove_orphan_folders(path: str, *, min_age_seconds: float = ORPHAN_MIN_AGE_SECONDS) -> list[str]:
+    """Delete the ``w-<uuid>/`` folders of a table that no commit in its log references.
+
+    A writer killed before its commit leaves such a folder (readers never see it). Every
+    successful unpartitioned write calls this. A folder is kept while anything in it is
+    younger than ``min_age_seconds``: it may belong to a writer that is still running.
+    Folders referenced by any commit still in the log (time travel) are kept.
+
+    Returns
+    -------
+    list of str
+        The folders removed (relative to the table root).
+    """
+    import pyarrow.fs as pafs
+
+    root = _uri(path)
+    filesystem, base = _arrow_fs(root)
+    folders = [i.base_name for i in filesystem.get_file_info(pafs.FileSelector(base))
+               if i.type == pafs.FileType.Directory and i.base_name.startswith("w-")]
+    orphans = sorted(set(folders) - _referenced_folders(filesystem, f"{base}/_delta_log"))
+    cutoff = (time.time() - min_age_seconds) * 1e9
+    removed = []
+    for folder in orphans:
+        infos = filesystem.get_file_info(pafs.FileSelector(f"{base}/{folder}", recursive=True))
+        newest = max([i.mtime_ns or 0 for i in infos] + [filesystem.get_file_info(f"{base}/{folder}").mtime_ns or 0])
+        if newest < cutoff:
+            _delete_tree(f"{root.rstrip('/')}/{folder}")
+            removed.append(folder)
+    return removed
+
+
+def _referenced_folders(filesystem, log: str) -> set[str]:
+    """First path segments of every ``add`` in the log's commits and checkpoints."""
+    import pyarrow.fs as pafs
+
+    paths: list[str] = []
+    for info in filesystem.get_file_info(pafs.FileSelector(log)):
+        if info.base_name.endswith(".json"):
+            with filesystem.open_input_stream(info.path) as stream:
+                for line in stream.read().decode().splitlines():
+                    add = json.loads(line).get("add") if line.strip() else None
+                    if add:
+                        paths.append(add["path"])
+        elif ".checkpoint" in info.base_name and info.base_name.endswith(".parquet"):
+            adds = pq.read_table(info.path, columns=["add"], filesystem=filesystem).column("add")
+            paths += [a["path"] for a in adds.to_pylist() if a]
+    return {p.split("/", 1)[0] for p in paths}
 
 
 _NO_SUCCESS_MARKER = "mapreduce.fileoutputcommitter.marksuccessfuljobs"

@@ -16,3 +16,10 @@ class UserError(Exception):
     def __init__(self, message: str) -> None:
         # One line, always: the message is what the user sees instead of a traceback.
         super().__init__(" ".join(str(message).split()))
+
+
+class ConflictError(UserError):
+    """Another run holds the same output (a lock, or a concurrent Delta commit): nothing of
+    this run was committed over it, and running again later is safe. Exit code 1."""
+
+    exit_code = 1

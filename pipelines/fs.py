@@ -8,9 +8,16 @@ here: that is :mod:`pipelines.delta`.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from pipelines.errors import ConflictError
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _UNSAFE_NAME = re.compile(r"[\x00-\x1f/\\]")
@@ -83,3 +90,67 @@ def exists(path: str) -> bool:
         fs, inner = pafs.FileSystem.from_uri(path)
         return fs.get_file_info(inner).type != pafs.FileType.NotFound
     return Path(local_path(path)).exists()
+
+
+@contextmanager
+def exclusive(path: str, *, owner: str) -> Iterator[None]:
+    """Hold the lock file ``path`` while the block runs, or raise :class:`ConflictError`.
+
+    The file is created atomically (``O_EXCL``) and records ``owner``, host and pid. A lock
+    left by a dead process on this host (a killed run) is taken over. Remote URIs have no
+    atomic create here and are not locked.
+    """
+    if is_remote(path):
+        yield
+        return
+    target = Path(local_path(path))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    me = {"owner": owner, "host": socket.gethostname(), "pid": os.getpid(),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for _ in range(2):
+        try:
+            fd = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(target)
+            if (holder is None and time.time() - _mtime(target) > 10) or (holder is not None and not _alive(holder)):
+                target.unlink(missing_ok=True)  # the holder died (or left no record): take over
+                continue
+            raise ConflictError(
+                f"{target}: held by run {holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')} since "
+                f"{holder.get('since')}); wait for it to finish, or delete the file if that run is gone") from None
+        with os.fdopen(fd, "w") as handle:
+            json.dump(me, handle)
+        break
+    else:
+        raise ConflictError(f"{target}: another run took the lock at the same time; run again")
+    try:
+        yield
+    finally:
+        if _lock_holder(target) == me:
+            target.unlink(missing_ok=True)
+
+
+def _lock_holder(target: Path) -> dict | None:
+    try:
+        return json.loads(target.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _mtime(target: Path) -> float:
+    try:
+        return target.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def _alive(holder: dict) -> bool:
+    if holder.get("host") != socket.gethostname():
+        return True  # another machine's process: cannot tell, so it holds
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, KeyError, TypeError, ValueError):
+        return True
+    return True

@@ -93,9 +93,12 @@ def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
         label = name if i <= 5 else f"{name} (day 2)"
         run.progress(f"stage {i}/{len(plan)}: {label}")
         with run.timed(label):
-            _, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub))
+            code, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub))
         summaries.append({k: summary[k] for k in ("job", "run_id", "status", "output", "counts", "outputs", "error")})
         run.outputs[label] = sub.output
         if sub.status != "succeeded":
+            if code == UserError.exit_code:  # as the stage's own job would end: exit 2 and one error line
+                raise UserError(f"stage {label}: {sub.error}")
             run.status, run.error = "failed", f"stage {label} failed: {sub.error}"
+            run.progress(f"error: {run.error}")
             return

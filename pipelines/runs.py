@@ -1,15 +1,19 @@
 """Runs: ids, summaries, progress, and the job entry-point wrapper.
 
 Every job run gets a run id and writes ``<output>/_runs/<run_id>.json`` (job, inputs,
-parameters, counts, timings, outputs, status). The same JSON is the last line on
-stdout. A :class:`~pipelines.errors.UserError` ends the run with one line on stderr
-and exit code 2; any other exception is a bug and keeps its traceback (exit 1).
+parameters, counts, timings, outputs, status) when it starts (status ``running``) and
+again when it ends. The same JSON is the last line on stdout. A
+:class:`~pipelines.errors.UserError` ends the run with one line on stderr and exit
+code 2 (:class:`~pipelines.errors.ConflictError`: 1); a data file Spark cannot read, one
+line naming it and exit 1; any other exception is a bug and keeps its traceback (exit 1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 import time
 import traceback
@@ -25,6 +29,54 @@ from pipelines.errors import UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+
+def console(message: str) -> None:
+    """Write ``message`` (a progress or error line) to the job's stderr.
+
+    Under ``spark-submit`` the Python driver is a child of the JVM, whose PythonRunner
+    merges the child's stderr into stdout; there the line goes through the JVM's own
+    ``System.err`` (the py4j gateway spark-submit opened), so stdout keeps only what the
+    job prints there (the JSON summary, last). Elsewhere it is plain ``sys.stderr``.
+    """
+    err = _jvm_stderr()
+    if err is None:
+        print(message, file=sys.stderr, flush=True)
+    else:
+        err.println(message)
+        err.flush()
+
+
+def _jvm_stderr():
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:  # not a child of spark-submit's JVM
+        return None
+    try:
+        from pyspark import SparkContext
+
+        SparkContext._ensure_initialized()  # connects to the running JVM; no SparkContext is made
+        return SparkContext._jvm.System.err
+    except Exception:  # no usable gateway: stderr as it is
+        return None
+
+
+_FAILED_READ = re.compile(r"Encountered error while reading file (\S+?)\.?\s+SQLSTATE")
+_CAUSE = re.compile(r"^Caused by: ([\w.$]+): (.*)$", re.MULTILINE)
+
+
+def read_fault(exc: BaseException) -> str | None:
+    """One line naming the data file Spark could not read (corrupt, truncated, vanished), else None.
+
+    An I/O fault, not bad input: the same Spark error also stands for a storage read that
+    failed, so it exits 1 (a failure), with the file and the deepest cause instead of the
+    Java and Python traces.
+    """
+    text = str(exc)
+    match = _FAILED_READ.search(text)
+    if match is None:
+        return None
+    causes = _CAUSE.findall(text)
+    why = f" ({causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()})" if causes else ""
+    return f"{re.sub(r'^file:(//)?', '', match.group(1))}: cannot read this data file{why}"
 
 
 def new_run_id(job: str) -> str:
@@ -70,7 +122,7 @@ class Run:
             self.progress(f"{name} done in {self.timings[name]:.1f}s")
 
     def progress(self, message: str) -> None:
-        print(f"[{self.job}] {message}", file=sys.stderr, flush=True)
+        console(f"[{self.job}] {message}")
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -107,7 +159,7 @@ class JobArgumentParser(argparse.ArgumentParser):
     """argparse with a one-line error and exit code 2 (argparse's own code for usage errors)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        console(f"{self.prog}: error: {message}")
         raise SystemExit(2)
 
 
@@ -140,7 +192,8 @@ def add_engine_flag(parser: argparse.ArgumentParser) -> None:
 def finish(run: Run, stage: Callable[[], None]) -> tuple[int, dict[str, Any]]:
     """Run ``stage()``, set ``run``'s status and error, write its summary; return the exit code and summary.
 
-    A :class:`UserError` fails the run with exit code 2 and its one-line message; any
+    A :class:`UserError` fails the run with its exit code (2; 1 for a conflict) and its
+    one-line message; a data file Spark cannot read is one line naming it (exit 1); any
     other exception is a bug: its traceback is printed and the code is 1.
     """
     try:
@@ -148,11 +201,12 @@ def finish(run: Run, stage: Callable[[], None]) -> tuple[int, dict[str, Any]]:
         run.status = "succeeded" if run.status == "running" else run.status
         code = 0 if run.status == "succeeded" else 1
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        run.status, run.error, code = "failed", str(exc), UserError.exit_code
-    except Exception as exc:  # a bug: keep the traceback, still record the run
-        traceback.print_exc()
-        run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
+        console(f"error: {exc}")
+        run.status, run.error, code = "failed", str(exc), exc.exit_code
+    except Exception as exc:  # a bug (keep the traceback) or an unreadable data file; still record the run
+        fault = read_fault(exc)
+        console(f"error: {fault}" if fault else traceback.format_exc().rstrip())
+        run.status, run.error, code = "failed", fault or f"{type(exc).__name__}: {exc}", 1
     return code, run.write_summary()
 
 
@@ -186,8 +240,8 @@ def execute(
     try:
         cfg = load_config(args.config, overrides=overrides)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return UserError.exit_code
+        console(f"error: {exc}")
+        return exc.exit_code
     settings = cfg if section == "*" else getattr(cfg, section)
     own = getattr(cfg, job) if section == "*" else settings
     run = Run(job=job, output=str(getattr(own, output_key)), params=own.model_dump())
@@ -212,6 +266,7 @@ def execute(
                 if spark is not None:  # with the executors that really ran the tasks
                     run.details["spark"] = describe(spark)
 
+        run.write_summary()  # status "running" until the end: a killed run is never recorded as succeeded
         code, data = finish(run, go)
     print(json.dumps(data, default=str), flush=True)
     return code

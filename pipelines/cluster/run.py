@@ -32,8 +32,9 @@ CENTERS_SCHEMA = (
 _SCATTER_ROWS = 2000
 
 
-def k_values(settings: ClusterEvalSettings, rows: int) -> list[int]:
-    """The ks to evaluate, checked against the rows used.
+def k_values(settings: ClusterEvalSettings, rows: int | None = None) -> list[int]:
+    """The ks to evaluate, checked against the rows used (``rows=None``: the flags alone,
+    before any data is read).
 
     Raises
     ------
@@ -48,7 +49,7 @@ def k_values(settings: ClusterEvalSettings, rows: int) -> list[int]:
     else:
         ks = list(range(settings.k_min, settings.k_max + 1))
         key = "cluster_eval.k_max"
-    if ks[-1] >= rows:
+    if rows is not None and ks[-1] >= rows:
         raise UserError(f"{key}: k={ks[-1]} must be smaller than the number of rows used ({rows})")
     return ks
 
@@ -57,6 +58,7 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     """Run cluster_eval with its ``settings``; fill ``run`` and write everything under its output."""
     out = settings.output
     source = settings.input or "built-in dataset"
+    k_values(settings)  # a bad --k fails before the data are read and prepared
     with run.timed("prepare"):
         raw = data.read_input(spark, settings, run)
         prep = data.prepare(raw, settings, run, source=source)

@@ -397,8 +397,8 @@ def plan_columns(dtypes: Sequence[tuple[str, str]], settings: GmmFitSettings) ->
     Raises
     ------
     UserError
-        A named column is not in the input, is both categorical and mixed, or a special
-        value is not finite.
+        A named column is not in the input, is not numeric but not categorical, is both
+        categorical and mixed, or a special value is not finite.
     """
     names = [n for n, _ in dtypes]
     categorical, mixed = list(settings.categorical), dict(settings.mixed)
@@ -413,6 +413,11 @@ def plan_columns(dtypes: Sequence[tuple[str, str]], settings: GmmFitSettings) ->
     missing = [c for c in requested if c not in names]
     if missing:
         raise UserError(f"{settings.input}: column(s) not found: {', '.join(missing)} (has {', '.join(names)})")
+    types = dict(dtypes)
+    text = [c for c in requested if c not in categorical and not _is_numeric(types[c])]
+    if text:
+        listed = ", ".join(f"{c} ({types[c]})" for c in text)
+        raise UserError(f"{settings.input}: column(s) {listed} are not numeric: fit them with --categorical")
     for c, values in mixed.items():
         if not values or not all(np.isfinite(values)):
             raise UserError(f"gmm_fit.mixed.{c}: special values must be a non-empty list of finite numbers, got {values}")
@@ -465,7 +470,15 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
         unknown = [c for c in s.only if c not in by_name]
         if unknown:
             raise UserError(f"gmm_fit.only: column(s) {', '.join(unknown)} are not among the columns to fit")
+    # Two runs on one fit_dir would both fit every column; the second stops here instead.
+    with fs.exclusive(fs.join(s.fit_dir, "_lock"), owner=run.run_id):
+        _fit_columns(df, specs, s, run, input_version=input_version)
 
+
+def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, run: Run, *, input_version: int) -> None:
+    """Fit the columns of ``specs`` that have not succeeded (or ``s.only``) and write their artifacts."""
+    by_name = {spec.column: spec for spec in specs}
+    types = dict(df.dtypes)
     previous = read_status(s.fit_dir)
     if s.only_drifted:
         reasons = _drifted_reasons(s.only_drifted, by_name, run)
@@ -491,26 +504,19 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
     for spec in todo:
         book.start(spec.column, reasons[spec.column])
     errors: dict[str, str] = {}
-    types = dict(df.dtypes)
-    summarizable = [sp for sp in todo if sp.column_type == "categorical" or _is_numeric(types[sp.column])]
-    for spec in todo:
-        if spec not in summarizable:
-            errors[spec.column] = f"not numeric (type {types[spec.column]}) but fitted as {spec.column_type}"
 
     from pyspark.sql import functions as F
 
     # numeric columns enter the pass as double, categorical ones as Spark's string form of the value
     cast = [F.col(_quote(sp.column)).cast("string" if sp.column_type == "categorical" else "double").alias(sp.column)
-            for sp in summarizable]
-    summaries: dict[str, ColumnSummary] = {}
-    if summarizable:
-        with run.timed("summary_pass"):
-            try:
-                summaries = summarize(df.select(*cast), summarizable, max_bins=s.bins)
-            except Exception as exc:  # the shared pass failed: every column of this run failed with it
-                for spec in todo:
-                    book.finish(spec.column, FAILED, error=errors.get(spec.column) or f"summary pass: {exc}")
-                raise
+            for sp in todo]
+    with run.timed("summary_pass"):
+        try:
+            summaries = summarize(df.select(*cast), todo, max_bins=s.bins)
+        except Exception as exc:  # the shared pass failed: every column of this run failed with it
+            for spec in todo:
+                book.finish(spec.column, FAILED, error=f"summary pass: {exc}")
+            raise
 
     def fit_one(spec: ColumnSpec) -> Mixture | None:
         summary = summaries[spec.column]
@@ -525,19 +531,19 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
     # are Spark jobs and run one at a time. Results are taken in column order, so progress
     # lines and errors do not depend on the threads.
     mixtures: dict[str, Mixture | None] = {}
-    workers = 1 if s.backend == "spark-ml" else max(1, min(len(summarizable), os.cpu_count() or 1))
+    workers = 1 if s.backend == "spark-ml" else max(1, min(len(todo), os.cpu_count() or 1))
     with run.timed("em"), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gmm-em") as pool:
-        futures = [(spec, pool.submit(fit_one, spec)) for spec in summarizable]
+        futures = [(spec, pool.submit(fit_one, spec)) for spec in todo]
         for i, (spec, future) in enumerate(futures, 1):
             c = spec.column
             try:
                 mixture = future.result()
                 if spec.column_type != "categorical":
                     mixtures[c] = mixture
-                run.progress(f"column {i}/{len(summarizable)} {c}: fitted")
+                run.progress(f"column {i}/{len(todo)} {c}: fitted")
             except Exception as exc:  # one column's failure must not stop the others
                 errors[c] = f"{type(exc).__name__}: {exc}"
-                run.progress(f"column {i}/{len(summarizable)} {c}: failed: {errors[c]}")
+                run.progress(f"column {i}/{len(todo)} {c}: failed: {errors[c]}")
 
     refinable = {c: m for c, m in mixtures.items() if m is not None and m.weights.size > 1}
     if s.refine_iterations and refinable and s.backend == "summary":
@@ -579,7 +585,7 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
         failed = [spec.column for spec in todo if spec.column in errors]
         run.status = "failed"
         run.error = "column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed)
-        run.progress(f"error: {len(failed)} column(s) failed: {', '.join(failed)}")
+        run.progress(f"error: {len(failed)} column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed))
 
 
 def _drifted_reasons(drift_dir: str, by_name: Mapping[str, ColumnSpec], run: Run) -> dict[str, str]:

@@ -1,0 +1,120 @@
+"""A real cluster: ``local-cluster[2,1,1024]`` starts a standalone master, two workers and two
+executor JVMs with their own Python workers on this machine.
+
+1. The whole pipeline on the demo data gives, table for table, the rows of a ``local[2]``
+   run (same inputs, same seed).
+2. Killing one executor JVM (SIGKILL, found by pid under the job's driver) mid-pass:
+   the job completes through Spark's task retry, its outputs equal an undisturbed run's,
+   and the Delta log commits only files that are whole and on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from harness import (
+    CLUSTER,
+    LOCAL,
+    Job,
+    assert_same_tables,
+    check_committed_files,
+    commands,
+    delta_tables,
+    figure,
+    lost_tasks,
+)
+
+from pipelines import delta
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+# Tiny input splits, so a pass is many tasks over both executors and a kill lands mid-pass.
+SPLITS = {"spark.sql.files.maxPartitionBytes": "8k", "spark.sql.files.openCostInBytes": "8k"}
+
+
+def test_pipeline_on_local_cluster_equals_local(spark, work):
+    cfg = work / "pipeline_small.yaml"
+    cfg.write_text("cluster_eval:\n  k_min: 2\n  k_max: 5\n  silhouette_sample: 2000\n")
+    jobs = {}
+    for master in (CLUSTER, LOCAL):
+        name = "cluster" if master == CLUSTER else "local"
+        cwd = work / f"cwd_{name}"
+        cwd.mkdir()
+        jobs[master] = (Job("pipeline", "--output", work / f"pipeline_{name}", "--config", cfg, master=master, cwd=cwd),
+                        work / f"pipeline_{name}", cwd)
+    results = {m: (j.finish(), out, cwd) for m, (j, out, cwd) in jobs.items()}
+    for master, (res, _, cwd) in results.items():
+        assert res.code == 0, (master, res.stdout[-5:], res.job_lines()[-5:])
+        # stdout is the JSON summary alone; progress went to stderr (through the JVM under spark-submit)
+        assert len(res.stdout) == 1 and res.record["status"] == "succeeded", res.stdout[:5]
+        assert any(line.startswith("[pipeline] stage 5/5: tokenize") for line in res.stderr)
+        assert list(cwd.iterdir()) == [], f"files written relative to the working directory: {list(cwd.iterdir())}"
+    spark_info = results[CLUSTER][0].record["spark"]
+    assert spark_info["master"] == CLUSTER and spark_info["executors"] == 2
+    assert all(n > 0 for n in spark_info["executor_tasks"].values()), spark_info
+    n = assert_same_tables(spark, results[CLUSTER][1], results[LOCAL][1], section="cluster runs equal to local[2] runs",
+                           label="pipeline (demo data, 20,000 rows)")
+    assert n >= 10
+
+
+@pytest.fixture(scope="module")
+def split_input(spark, work, bronze):
+    """The bronze rows in 12 committed files (12 appends), and a fit of it."""
+    from jobs.gmm_fit import main as gmm_fit
+
+    path = work / "bronze_split"
+    frame = pl.read_delta(str(bronze))
+    for i, part in enumerate(frame.iter_slices(n_rows=-(-frame.height // 12))):
+        delta.write_polars(part, str(path), mode="overwrite" if i == 0 else "append")
+    assert len(delta._open(str(path)).file_uris()) == 12
+    assert gmm_fit([str(a) for a in commands(path, work / "split")["gmm_fit"]]) == 0
+    return path
+
+
+def _task_writing(root: Path, job: Job) -> bool:
+    """Wait (polling the folder, not a fixed sleep) until an executor task has its output file
+    open under ``root`` (Spark's ``_temporary`` attempt folder); False if the job ended first."""
+    while job.proc.poll() is None:
+        if any("_temporary" in p.parts for p in root.rglob("*.parquet")):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.parametrize("job_name", ["gmm_transform", "tokenize", "cluster_eval"])
+def test_lost_executor_mid_pass(spark, work, split_input, job_name):
+    rng = random.Random(f"executor-kill-{job_name}")
+    ref_root, out_root = work / f"exec_ref_{job_name}", work / f"exec_kill_{job_name}"
+    args = {root: commands(split_input, root)[job_name] for root in (ref_root, out_root)}
+    if job_name == "gmm_transform":  # both use the fit made on the split input
+        for root in args:
+            args[root][args[root].index("--fit-dir") + 1] = work / "split" / "gmm_fit"
+    reference = Job(job_name, *args[ref_root], master=CLUSTER, conf=SPLITS)
+    disturbed = Job(job_name, *args[out_root], master=CLUSTER, conf=SPLITS)
+    if job_name == "cluster_eval":  # mid-sweep: the prepared data is cached on the executors
+        hit = disturbed.wait_for(r"^\[cluster_eval\] k=3 \(2 of") is not None
+    else:  # mid-write: a task is writing its output file
+        hit = _task_writing(out_root, disturbed)
+    assert hit, f"{job_name} ended before the kill point"
+    executors = disturbed.executors()
+    assert len(executors) == 2, executors
+    victim = rng.choice(executors)
+    os.kill(victim.pid, signal.SIGKILL)
+    res, ref = disturbed.finish(), reference.finish()
+    assert ref.code == 0, ref.job_lines()[-5:]
+    assert res.code == 0, res.job_lines()[-5:]
+    record = res.record
+    assert record["status"] == "succeeded"
+    committed = [check_committed_files(t) for t in delta_tables(out_root)]
+    assert_same_tables(spark, out_root, ref_root, section="lost executor: outputs equal an undisturbed run",
+                       label=job_name)
+    figure("executor kills", job=job_name, killed_pid=victim.pid, lost_tasks=lost_tasks(res.stderr),
+           executors_seen=record["spark"]["executors"], tables_checked=len(committed),
+           committed_files=sum(c["files"] for c in committed), stray_files=sum(c["stray"] for c in committed),
+           survived="yes")
