@@ -18,13 +18,13 @@ from sklearn.mixture import GaussianMixture
 
 from benchmarks.flights import flight_columns
 from jobs.gmm_fit import main
+from jobs.gmm_transform import main as transform_main
 from pipelines import delta
 from pipelines.gmm import fit as gmm_fit
 from pipelines.gmm.em import Mixture, log_likelihood
 from pipelines.gmm.fit import load_models, mean_log_likelihood, summarize
 from pipelines.gmm.model import MODEL_SCHEMA
 from pipelines.gmm.summary import ColumnSpec, summarize_arrays
-from pipelines.gmm.transform import main as transform_main
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4000
