@@ -124,8 +124,30 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def table_namespace(text: str) -> dict[str, str]:
+    """``main.pipelines`` -> ``{"catalog": "main", "schema": "pipelines"}`` (an argparse ``type``)."""
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isidentifier() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CATALOG.SCHEMA (two identifiers), got {text!r}")
+    return {"catalog": parts[0], "schema": parts[1]}
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--tables CATALOG.SCHEMA`` (the ``tables`` config section), for every job."""
     parser.add_argument("--config", metavar="FILE", help="YAML config applied over conf/base.yaml and the environment overlay")
+    parser.add_argument("--tables", type=table_namespace, metavar="CATALOG.SCHEMA",
+                        help="write Delta outputs as named tables CATALOG.SCHEMA.<stage>_<table> (native Delta); files stay under the output root")
+
+
+def output_roots(cfg: Config) -> list[str]:
+    """Every stage's output root in ``cfg`` (the folders whose Delta tables a namespace names)."""
+    return [
+        str(value)
+        for section in cfg.model_dump().values()
+        if isinstance(section, dict)
+        for key, value in section.items()
+        if key in ("output", "fit_dir") and value
+    ]
 
 
 def execute(
@@ -148,12 +170,14 @@ def execute(
 
     args = parser.parse_args(argv)
     section = section or job
-    flags = {k: v for k, v in vars(args).items() if k != "config"}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "tables")}
     run: Run | None = None
     with ExitStack() as stack:
         try:
-            cfg = load_config(args.config, overrides={section: flags, **(extra_overrides or {})})
+            overrides = {section: flags, "tables": getattr(args, "tables", None) or {}, **(extra_overrides or {})}
+            cfg = load_config(args.config, overrides=overrides)
             delta.set_backend(cfg.delta.backend)
+            delta.use_tables(cfg.tables.catalog, cfg.tables.schema_name, roots=output_roots(cfg))
             settings = getattr(cfg, section)
             run = Run(job=job, output=str(getattr(settings, output_key)), params=settings.model_dump())
             spark = stack.enter_context(session(cfg.spark))
