@@ -135,6 +135,14 @@ class TablesSettings(_Section):
     schema_name: str | None = Field(None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class MlflowSettings(_Section):
+    # auto: track on Databricks or when MLFLOW_TRACKING_URI is set; always: also locally
+    # (tracking_uri, default a file store <output>/mlruns); never: off. Needs the mlflow extra.
+    track: Literal["auto", "always", "never"] = "auto"
+    tracking_uri: str | None = None
+    experiment: str | None = None  # default: /Shared/pipelines on Databricks, "pipelines" elsewhere
+
+
 class PipelineSettings(_Section):
     source: str | None = None
     format: Literal["csv", "parquet", "json", "delta"] | None = None
@@ -151,6 +159,7 @@ class Config(_Section):
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     tables: TablesSettings = Field(default_factory=TablesSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
 
 def default_overlay() -> Path:

@@ -803,7 +803,7 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
         writer = writer.option("overwriteSchema", "true")
     named = is_table_name(path)
     if named:
-        writer.saveAsTable(path)
+        _write_named(df, path, mode=mode, partition_by=partition_by, replace_where=replace_where)
     else:
         writer.save(path)
     spark = df.sparkSession
@@ -812,6 +812,36 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
         props = ", ".join(f"'{_PROPERTIES_KEY}.{k}' = '{_sql_escape(v)}'" for k, v in properties.items())
         spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({props})")
     return _named_version(spark, table)
+
+
+def _write_named(df, name, *, mode, partition_by, replace_where) -> None:
+    """Append / overwrite / overwrite-where into the table ``name`` with Spark's V2 writer.
+
+    Spark's CREATE / REPLACE TABLE AS SELECT (``saveAsTable`` of a new table, or with
+    overwrite) runs the query apart from the caller's plan and loses its ``Observation``
+    metrics (ingest counts rows with one); a V2 append or overwrite into an existing
+    table keeps them. So a missing table, or a full overwrite that changes its schema or
+    partitioning, first becomes an empty table of the new shape (its own commit).
+    """
+    from pyspark.sql import functions as F
+
+    spark = df.sparkSession
+    replace = not spark.catalog.tableExists(name)
+    if not replace and mode == "overwrite" and not replace_where:
+        current = spark.table(name).schema
+        columns = spark.sql(f"DESCRIBE DETAIL {name}").first()["partitionColumns"]
+        replace = [(f.name, f.dataType) for f in current] != [(f.name, f.dataType) for f in df.schema] or list(columns) != list(partition_by)
+    if replace:
+        empty = spark.createDataFrame([], df.schema).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        (empty.partitionBy(*partition_by) if partition_by else empty).saveAsTable(name)
+    writer = df.writeTo(name)
+    if mode == "append":
+        writer.append()
+        return
+    condition = F.lit(True)
+    for key, value in (replace_where or {}).items():
+        condition = condition & (F.col(key).isNull() if value is None else F.col(key) == F.lit(value))
+    writer.overwrite(condition)
 
 
 def _sql_escape(value: Any) -> str:

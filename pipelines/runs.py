@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines import delta, fs
+from pipelines import delta, fs, tracking
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
@@ -137,6 +137,8 @@ def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="YAML config applied over conf/base.yaml and the environment overlay")
     parser.add_argument("--tables", type=table_namespace, metavar="CATALOG.SCHEMA",
                         help="write Delta outputs as named tables CATALOG.SCHEMA.<stage>_<table> (native Delta); files stay under the output root")
+    parser.add_argument("--mlflow", action="store_const", const="always", default=None, dest="mlflow",
+                        help="log the run to MLflow here too (tracking URI from the config, else a file store <output>/mlruns)")
 
 
 def output_roots(cfg: Config) -> list[str]:
@@ -170,11 +172,12 @@ def execute(
 
     args = parser.parse_args(argv)
     section = section or job
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "tables")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "tables", "mlflow")}
     run: Run | None = None
     with ExitStack() as stack:
         try:
-            overrides = {section: flags, "tables": getattr(args, "tables", None) or {}, **(extra_overrides or {})}
+            overrides = {section: flags, "tables": getattr(args, "tables", None) or {},
+                         "mlflow": {"track": getattr(args, "mlflow", None)}, **(extra_overrides or {})}
             cfg = load_config(args.config, overrides=overrides)
             delta.set_backend(cfg.delta.backend)
             delta.use_tables(cfg.tables.catalog, cfg.tables.schema_name, roots=output_roots(cfg))
@@ -196,6 +199,8 @@ def execute(
             if run is None:
                 return 1
             run.status, run.error, code = "failed", f"{type(exc).__name__}: {exc}", 1
+        # While the session is up: a named metrics table is read through it.
+        tracking.log_run(cfg, run)
     data = run.write_summary()
     print(json.dumps(data, default=str), flush=True)
     return code

@@ -190,20 +190,22 @@ def test_one_workflow_runs_each_task_after_the_tables_it_reads(bundle, scripts):
             assert all(delta.is_table_name(t) for t in read | writes[key]), (target, key, read, writes[key])
             reads[key] = read
 
-        def upstream(key):
-            seen, todo = set(), list(deps[key])
-            while todo:
-                k = todo.pop()
-                if k not in seen:
-                    seen.add(k)
-                    todo.extend(deps[k])
-            return seen
-
         for key, read in reads.items():
-            written_before = set().union(*[writes[k] for k in upstream(key)]) if deps[key] else set()
+            written_before = set().union(*[writes[k] for k in _upstream(deps, key)]) if deps[key] else set()
             assert read <= written_before, f"{target}: {key} reads {sorted(read - written_before)} before any task it depends on writes it"
-        assert deps["ingest"] == set() and {"gmm_fit", "tokenize", "cluster_eval"} <= {k for k in tasks if "ingest" in upstream(k)}
-        assert "gmm_fit" in upstream("gmm_transform")
+        assert deps["ingest"] == set() and {"gmm_fit", "tokenize", "cluster_eval"} <= {k for k in tasks if "ingest" in _upstream(deps, k)}
+        assert "gmm_fit" in _upstream(deps, "gmm_transform")
+
+
+def _upstream(deps: dict[str, set[str]], key: str) -> set[str]:
+    """Every task ``key`` runs after (depends_on, transitively)."""
+    seen, todo = set(), list(deps[key])
+    while todo:
+        k = todo.pop()
+        if k not in seen:
+            seen.add(k)
+            todo.extend(deps[k])
+    return seen
 
 
 def test_every_task_has_compute_and_the_wheel(bundle):
