@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from pipelines.runs import Run
 
 TRACKED_JOBS = ("cluster_eval", "gmm_fit")
+# The user's own setting, read before mlflow.set_tracking_uri (which also sets this variable)
+# can make one job's local store look like the user's choice to the next job in the process.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI")
 _DEFAULT_EXPERIMENT = "/Shared/pipelines"  # Databricks experiments live in the workspace tree
 
 
@@ -42,7 +45,7 @@ def configured(cfg: Config) -> bool:
         import mlflow  # noqa: F401
     except ImportError:
         return False
-    return track == "always" or bool(os.environ.get("DATABRICKS_RUNTIME_VERSION") or os.environ.get("MLFLOW_TRACKING_URI"))
+    return track == "always" or bool(os.environ.get("DATABRICKS_RUNTIME_VERSION") or _USER_TRACKING_URI)
 
 
 def log_run(cfg: Config, run: Run) -> str | None:
@@ -63,8 +66,8 @@ def _log(cfg: Config, run: Run) -> str:
     import mlflow
 
     on_databricks = bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
-    uri = cfg.mlflow.tracking_uri
-    if uri is None and not on_databricks and not os.environ.get("MLFLOW_TRACKING_URI"):
+    uri = cfg.mlflow.tracking_uri or _USER_TRACKING_URI
+    if uri is None and not on_databricks:
         uri = "file://" + os.path.abspath(fs.local_path(fs.join(run.output, "mlruns")))
         # MLflow 3 refuses its file store unless asked; the user asked (no server, and
         # mlflow-skinny has no SQL store).
