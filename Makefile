@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	@scripts/check_java.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,connect,dev,bench]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[local,connect,dev,bench,mlflow]'
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -2,8 +2,10 @@
 # MAGIC %md
 # MAGIC # cluster_eval: explore a run
 # MAGIC The metric table, each metric against k (with the k each metric picks), and the
-# MAGIC recommendation. Set `output` to the run's `--output` folder. Run locally, it uses
-# MAGIC `PIPELINES_NB_OUTPUT` or the default output folder.
+# MAGIC recommendation. Interactive only. `output` is the run's `--output` folder and `tables`
+# MAGIC its `--tables` namespace (defaults: the prod target's Volume and schema; for a dev run
+# MAGIC `/Volumes/main/<you>/files/cluster_eval` and `main.<you>`). Run locally, it uses
+# MAGIC `PIPELINES_NB_OUTPUT` / `PIPELINES_NB_TABLES` or the local config.
 
 # COMMAND ----------
 
@@ -11,7 +13,9 @@ from pipelines import notebook
 from pipelines.spark import get_spark
 
 spark = get_spark()
-output = notebook.param("output", "output/cluster_eval")
+cfg = notebook.config()
+output = notebook.param("output", cfg.cluster_eval.output)
+notebook.use_tables(cfg, output)
 
 # COMMAND ----------
 

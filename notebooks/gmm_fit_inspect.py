@@ -2,8 +2,9 @@
 # MAGIC %md
 # MAGIC # gmm_fit: inspect a fit
 # MAGIC For each fitted column: a histogram of a bounded sample with the fitted mixture
-# MAGIC overlaid, and the kept modes with their frequency ranks and weights. Set
-# MAGIC `fit_dir` to the fit's folder and `input` to the table it was fitted on.
+# MAGIC overlaid, and the kept modes with their frequency ranks and weights. Interactive only.
+# MAGIC `fit_dir` is the fit's folder, `input` the table it was fitted on and `tables` the
+# MAGIC runs' `--tables` namespace (defaults: the prod target's; see cluster_eval_explore).
 
 # COMMAND ----------
 
@@ -12,8 +13,10 @@ from pipelines.gmm.fit import load_models
 from pipelines.spark import get_spark
 
 spark = get_spark()
-fit_dir = notebook.param("fit_dir", "output/pipeline/gmm_fit")
-input_table = notebook.param("input", "output/pipeline/ingest/bronze")
+cfg = notebook.config()
+fit_dir = notebook.param("fit_dir", cfg.gmm_fit.fit_dir)
+input_table = notebook.param("input", f"{cfg.ingest.output}/bronze")
+notebook.use_tables(cfg, fit_dir, cfg.ingest.output)
 sample_rows = int(notebook.param("sample_rows", "100000"))
 
 # COMMAND ----------

@@ -162,6 +162,24 @@ class DriftSettings(_Section):
     output: str = "output/drift"
 
 
+class TablesSettings(_Section):
+    """Where Delta outputs live: a path under each stage's output root (no catalog), or the
+    named table ``<catalog>.<schema>.<stage>_<table>`` on native Delta (Unity Catalog on
+    Databricks, the session's own catalog locally); files stay under the output roots."""
+
+    catalog: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # "schema" in YAML; the attribute name must not shadow pydantic's BaseModel.schema.
+    schema_name: str | None = Field(None, alias="schema", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class MlflowSettings(_Section):
+    # auto: track on Databricks or when MLFLOW_TRACKING_URI is set; always: also locally
+    # (tracking_uri, default a file store <output>/mlruns); never: off. Needs the mlflow extra.
+    track: Literal["auto", "always", "never"] = "auto"
+    tracking_uri: str | None = None
+    experiment: str | None = None  # default: /Shared/pipelines on Databricks, "pipelines" elsewhere
+
+
 class PipelineSettings(_Section):
     source: str | None = None
     format: Literal["csv", "parquet", "json", "delta"] | None = None
@@ -179,6 +197,8 @@ class Config(_Section):
     tokenize: TokenizeSettings = Field(default_factory=TokenizeSettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    tables: TablesSettings = Field(default_factory=TablesSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
 
 
 def default_overlay() -> Path:
@@ -241,6 +261,8 @@ def load_config(
         if err["type"] == "extra_forbidden":
             raise UserError(f"{source}: unknown config key '{key}'") from None
         raise UserError(f"{source}: config key '{key}': {err['msg']} (got {err.get('input')!r})") from None
+    if (cfg.tables.catalog is None) != (cfg.tables.schema_name is None):
+        raise UserError("config keys 'tables.catalog' and 'tables.schema' must be set together (or neither)")
     if cfg.cluster_eval.k_max < cfg.cluster_eval.k_min:
         raise UserError(
             f"config key 'cluster_eval.k_max' ({cfg.cluster_eval.k_max}) must be >= "

@@ -116,6 +116,72 @@ def backend(spark: SparkSession) -> str:
         return "delta-rs"
 
 
+# --------------------------------------------------------------------------- table names
+
+# catalog.schema.table, each part an identifier or `quoted`; a path always has a "/".
+_NAME_PART = r"(?:`[^`]+`|[A-Za-z_][A-Za-z0-9_]*)"
+_TABLE_NAME = re.compile(rf"^{_NAME_PART}\.{_NAME_PART}\.{_NAME_PART}$")
+_namespace: tuple[str, str, tuple[str, ...]] | None = None
+
+
+def is_table_name(target: str) -> bool:
+    """True when ``target`` is a three-part table name ``catalog.schema.table``, not a path."""
+    return bool(_TABLE_NAME.match(str(target))) and not os.path.exists(str(target))
+
+
+def use_tables(catalog: str | None, schema: str | None, *, roots: Iterable[str] = ()) -> None:
+    """Name the Delta tables under ``roots`` ``<catalog>.<schema>.<folder>_<table>`` for this process.
+
+    Every function here then takes the path ``<root>/.../<folder>/<table>`` as that named
+    table (``saveAsTable``, ``DESCRIBE HISTORY``, ...), so stages keep building paths and
+    do not care which target they get. ``catalog=None`` restores path-based tables.
+    A leading ``_`` of the table folder is dropped (``_ingested_files`` -> ``ingested_files``).
+    """
+    global _namespace
+    if catalog is None or schema is None:
+        _namespace = None
+        return
+    _namespace = (catalog, schema, tuple(_uri(r) for r in roots))
+
+
+def table_target(path: str) -> str:
+    """The named table a Delta path stands for under :func:`use_tables`, else ``path`` itself."""
+    if _namespace is None or is_table_name(path):
+        return path
+    catalog, schema, roots = _namespace
+    uri = _uri(path)
+    if not any(uri.startswith(root.rstrip("/") + "/") for root in roots):
+        return path
+    folder, table = uri.rstrip("/").split("/")[-2:]
+    name = re.sub(r"[^a-z0-9_]", "_", f"{folder}_{table.lstrip('_')}".lower())
+    return f"{catalog}.{schema}.{name}"
+
+
+def _named(path: str) -> str | None:
+    """The table name ``path`` resolves to, or None for a path-based table."""
+    target = table_target(path)
+    return target if is_table_name(target) else None
+
+
+def _session_for(name: str) -> SparkSession:
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is None or backend(spark) != "native":
+        raise UserError(f"{name}: a named table needs a Spark session with native Delta (Databricks, or the Delta jars)")
+    return spark
+
+
+def _named_version(spark: SparkSession, name: str) -> int:
+    return int(spark.sql(f"DESCRIBE HISTORY {name} LIMIT 1").first()["version"])
+
+
+def _named_location(name: str) -> str:
+    """The storage location of a named table (for delta-rs / Polars readers)."""
+    location = _session_for(name).sql(f"DESCRIBE DETAIL {name}").first()["location"]
+    return location[len("file:"):] if location.startswith("file:") else location
+
+
 # --------------------------------------------------------------------------- paths
 
 
@@ -171,6 +237,11 @@ def _partition_dir(values: Mapping[str, str | None]) -> str:
 def _open(path: str, version: int | None = None):
     from deltalake import DeltaTable
 
+    name = _named(path)
+    if name is not None:
+        if not table_exists(name):
+            raise UserError(f"{name}: table not found")
+        path = _named_location(name)
     uri = _uri(path)
     try:
         return DeltaTable(uri, version=version)
@@ -206,6 +277,9 @@ def table_exists(path: str) -> bool:
     """True when ``path`` holds a Delta table (a ``_delta_log`` with at least one commit)."""
     from deltalake import DeltaTable
 
+    name = _named(path)
+    if name is not None:
+        return _session_for(name).catalog.tableExists(name)
     if not fs.is_remote(path) and os.path.isfile(fs.local_path(path)):
         return False  # a plain file (delta-rs would fail walking "<file>/_delta_log")
     return DeltaTable.is_deltatable(_uri(path))
@@ -213,28 +287,48 @@ def table_exists(path: str) -> bool:
 
 def table_version(path: str) -> int | None:
     """The latest version of the table, or None when there is no table."""
-    return _open(path).version() if table_exists(path) else None
+    if not table_exists(path):
+        return None
+    name = _named(path)
+    return _named_version(_session_for(name), name) if name else _open(path).version()
 
 
 def table_schema(path: str) -> pa.Schema:
     """The table's schema as Arrow (partition columns included)."""
+    name = _named(path)
+    if name is not None:
+        from pyspark.sql.pandas.types import to_arrow_schema
+
+        return delta_schema(to_arrow_schema(_session_for(name).table(name).schema, prefers_large_types=False))
     return _arrow_schema(_open(path))
 
 
 def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
     """Commits, newest first: ``version``, ``timestamp`` (ms), ``operation``, ``operationParameters``, ..."""
+    name = _named(path)
+    if name is not None:
+        rows = _session_for(name).sql(f"DESCRIBE HISTORY {name}" + (f" LIMIT {int(limit)}" if limit else "")).collect()
+        return [
+            {**row.asDict(), "timestamp": int(row["timestamp"].timestamp() * 1000)}
+            for row in rows
+        ]
     return _open(path).history(limit)
 
 
 def table_properties(path: str) -> dict[str, str]:
     """Custom properties set with ``write_*(properties=...)``.
 
-    Both backends keep them in the table description as JSON. Properties set as table
-    ``configuration`` (``TBLPROPERTIES``) named ``pipelines.properties.<key>`` are read
-    too; the description wins where both name a key.
+    Path tables on both backends keep them in the table description as JSON; properties
+    set as table ``configuration`` (``TBLPROPERTIES``) named ``pipelines.properties.<key>``
+    are read too, and the description wins where both name a key. A named table keeps them
+    as those ``TBLPROPERTIES`` only.
     """
-    metadata = _open(path).metadata()
     prefix = f"{_PROPERTIES_KEY}."
+    name = _named(path)
+    if name is not None:
+        rows = _session_for(name).sql(f"SHOW TBLPROPERTIES {name}").collect()
+        return {r["key"][len(prefix):]: r["value"] for r in rows if r["key"].startswith(prefix)}
+    metadata = _open(path).metadata()
     props = {k[len(prefix):]: v for k, v in (metadata.configuration or {}).items() if k.startswith(prefix)}
     try:
         described = json.loads(metadata.description or "{}").get(_PROPERTIES_KEY, {})
@@ -278,6 +372,11 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
     as null, and partition columns get their declared types). Orphaned files from a
     killed writer are never read.
     """
+    name = _named(path)
+    if name is not None:
+        if not table_exists(name):
+            raise UserError(f"{name}: table not found")
+        return spark.sql(f"SELECT * FROM {name}" + (f" VERSION AS OF {int(version)}" if version is not None else ""))
     if backend(spark) == "native":
         reader = spark.read.format("delta")
         if version is not None:
@@ -336,6 +435,11 @@ def scan_table(path: str, *, version: int | None = None) -> pl.LazyFrame:
     """Read a Delta table lazily with Polars (``polars.scan_delta``)."""
     import polars as pl
 
+    name = _named(path)
+    if name is not None and fs.is_remote(_named_location(name)):
+        # Unity Catalog storage is Spark's to read; the tables read this way are small
+        # (models, fit status, ledgers, metrics).
+        return pl.from_arrow(read_table(_session_for(name), name, version=version).toArrow()).lazy()
     dt = _open(path, version)
     _check_readable(dt, path)
     return pl.scan_delta(dt)
@@ -713,6 +817,15 @@ def write_arrow_batches(
     table version. On any error the files written so far are deleted and nothing is
     committed.
     """
+    name = _named(path)
+    if name is not None:
+        # Spark owns a named table's files: the batches (here already in driver memory,
+        # e.g. a fitted model table) go through Spark's Delta writer.
+        spark = _session_for(name)
+        table = pa.Table.from_batches([b for t in batches for b in (t.to_batches() if isinstance(t, pa.Table) else [t])],
+                                      schema=delta_schema(schema))
+        return _write_native(spark.createDataFrame(table), name, mode=mode, partition_by=list(partition_by or []),
+                             replace_where=replace_where, properties=properties)
     root = _uri(path)
     schema = delta_schema(schema)
     writer = _FileWriter(root, schema, partition_by or [], target_file_bytes)
@@ -784,8 +897,10 @@ def write_table(
     if mode not in ("append", "overwrite"):
         raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
     spark = df.sparkSession
-    if backend(spark) == "native":
-        return _write_native(df, path, mode=mode, partition_by=partition_by, replace_where=replace_where, properties=properties)
+    name = _named(path)
+    if name is not None or backend(spark) == "native":
+        return _write_native(df, name or path, mode=mode, partition_by=partition_by, replace_where=replace_where,
+                             properties=properties)
 
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -949,6 +1064,7 @@ def _description(properties: Mapping[str, str]) -> str:
 
 
 def _write_native(df, path, *, mode, partition_by, replace_where, properties) -> int:
+    """Spark's own Delta writer; ``path`` is a table root or a ``catalog.schema.table`` name."""
     writer = df.write.format("delta").mode(mode)
     if partition_by:
         writer = writer.partitionBy(*partition_by)
@@ -956,13 +1072,50 @@ def _write_native(df, path, *, mode, partition_by, replace_where, properties) ->
         writer = writer.option("replaceWhere", _sql_predicate(replace_where))
     elif mode == "overwrite":
         writer = writer.option("overwriteSchema", "true")
-    writer.save(path)
+    named = is_table_name(path)
+    if named:
+        _write_named(df, path, mode=mode, partition_by=partition_by, replace_where=replace_where)
+    else:
+        writer.save(path)
     spark = df.sparkSession
-    table = "delta.`" + _uri(path).replace("`", "``") + "`"
+    table = path if named else "delta.`" + _uri(path).replace("`", "``") + "`"
     if properties is not None and dict(properties) != table_properties(path):
-        # Delta's 'comment' property is the table description, where delta-rs keeps them too.
-        spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('comment' = '{_sql_escape(_description(properties))}')")
-    return int(spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()["version"])
+        if named:
+            props = ", ".join(f"'{_PROPERTIES_KEY}.{k}' = '{_sql_escape(v)}'" for k, v in properties.items())
+            spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ({props})")
+        else:  # Delta's 'comment' property is the table description, where delta-rs keeps them too
+            spark.sql(f"ALTER TABLE {table} SET TBLPROPERTIES ('comment' = '{_sql_escape(_description(properties))}')")
+    return _named_version(spark, table)
+
+
+def _write_named(df, name, *, mode, partition_by, replace_where) -> None:
+    """Append / overwrite / overwrite-where into the table ``name`` with Spark's V2 writer.
+
+    Spark's CREATE / REPLACE TABLE AS SELECT (``saveAsTable`` of a new table, or with
+    overwrite) runs the query apart from the caller's plan and loses its ``Observation``
+    metrics (ingest counts rows with one); a V2 append or overwrite into an existing
+    table keeps them. So a missing table, or a full overwrite that changes its schema or
+    partitioning, first becomes an empty table of the new shape (its own commit).
+    """
+    from pyspark.sql import functions as F
+
+    spark = df.sparkSession
+    replace = not spark.catalog.tableExists(name)
+    if not replace and mode == "overwrite" and not replace_where:
+        current = spark.table(name).schema
+        columns = spark.sql(f"DESCRIBE DETAIL {name}").first()["partitionColumns"]
+        replace = [(f.name, f.dataType) for f in current] != [(f.name, f.dataType) for f in df.schema] or list(columns) != list(partition_by)
+    if replace:
+        empty = spark.createDataFrame([], df.schema).write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        (empty.partitionBy(*partition_by) if partition_by else empty).saveAsTable(name)
+    writer = df.writeTo(name)
+    if mode == "append":
+        writer.append()
+        return
+    condition = F.lit(True)
+    for key, value in (replace_where or {}).items():
+        condition = condition & (F.col(key).isNull() if value is None else F.col(key) == F.lit(value))
+    writer.overwrite(condition)
 
 
 def _sql_escape(value: Any) -> str:

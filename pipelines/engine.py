@@ -381,7 +381,7 @@ class Engine:
     workers : int, optional
         Local threads (default: the machine's cores).
     spark_path : {"auto", "files", "mapInArrow"}
-        ``auto``: files, unless Spark's native Delta must write (then mapInArrow).
+        ``auto``: files, unless Spark's Delta must write a table (named, or on Databricks): mapInArrow.
     batch_rows : int
         Rows per batch within a task (bounds a task's memory).
     """
@@ -432,7 +432,7 @@ class Engine:
         RuntimeError
             A kernel raised anything else (the message names the file). Nothing is committed.
         """
-        if self._path() == "mapInArrow":
+        if self._path(source_path, *(sink.path for sink in sinks)) == "mapInArrow":
             return self._map_in_arrow(source_path, kernel, sinks, columns=columns, reducer=reducer)
         src = source(source_path, split_bytes=self.split_bytes)
         task = _Task(src, kernel, tuple(sinks), reducer, tuple(columns) if columns else None, self.batch_rows,
@@ -454,7 +454,7 @@ class Engine:
         Each task folds its unit's batches; the driver merges the units' partials in
         unit order. Only the partials leave the tasks.
         """
-        if self._path() == "mapInArrow":
+        if self._path(source_path) == "mapInArrow":
             return self._map_in_arrow(source_path, kernel, (), columns=columns, reducer=reducer)
         src = source(source_path, split_bytes=self.split_bytes)
         task = _Task(src, kernel, (), reducer, tuple(columns) if columns else None, self.batch_rows,
@@ -463,10 +463,18 @@ class Engine:
 
     # ---------------------------------------------------------------- internals
 
-    def _path(self) -> str:
+    def _path(self, *tables: str) -> str:
+        """``files`` wherever the tasks may read ``tables`` and the driver commit them itself.
+
+        A delta-rs commit is a standard Delta commit, which Spark's own Delta reads, so path
+        tables take the file tasks on either backend. Spark's Delta must write named
+        (catalog) tables, and path tables on Databricks, whose Delta owns their commits.
+        """
         if self.name == "local" or self.spark_path == "files":
             return "files"
-        if self.spark_path == "mapInArrow" or delta.backend(self.spark) == "native":
+        if self.spark_path == "mapInArrow" or any(delta._named(t) is not None for t in tables):
+            return "mapInArrow"
+        if delta.backend(self.spark) == "native" and os.environ.get("DATABRICKS_RUNTIME_VERSION"):
             return "mapInArrow"
         return "files"
 

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from pyspark.sql import SparkSession
 
+    from pipelines.config import Config
     from pipelines.gmm.model import ColumnModel
 
 
@@ -43,6 +44,24 @@ def param(name: str, default: str) -> str:
         dbutils.widgets.text(name, default)
         return dbutils.widgets.get(name)
     return os.environ.get(f"PIPELINES_NB_{name.upper()}", default)
+
+
+def config() -> Config:
+    """The jobs' configuration on this runtime (``conf/databricks.yaml`` on Databricks): widget defaults."""
+    from pipelines.config import load_config
+
+    return load_config()
+
+
+def use_tables(cfg: Config, *roots: str) -> None:
+    """Widget ``tables`` (``CATALOG.SCHEMA``; default the config's, empty = path-based) names the
+    Delta tables under ``roots`` as the jobs that wrote them did (:func:`pipelines.delta.use_tables`)."""
+    from pipelines.runs import table_namespace
+
+    default = f"{cfg.tables.catalog}.{cfg.tables.schema_name}" if cfg.tables.catalog else ""
+    value = param("tables", default).strip()
+    namespace = table_namespace(value) if value else {"catalog": None, "schema": None}
+    delta.use_tables(namespace["catalog"], namespace["schema"], roots=roots)
 
 
 def show(obj: Any) -> None:

@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from pipelines import delta, fs
+from pipelines import delta, fs, tracking
 from pipelines.errors import UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
+
+    from pipelines.config import Config
 
 
 def console(message: str) -> None:
@@ -179,8 +181,32 @@ def int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def table_namespace(text: str) -> dict[str, str]:
+    """``main.pipelines`` -> ``{"catalog": "main", "schema": "pipelines"}`` (an argparse ``type``)."""
+    parts = text.split(".")
+    if len(parts) != 2 or not all(p.isidentifier() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected CATALOG.SCHEMA (two identifiers), got {text!r}")
+    return {"catalog": parts[0], "schema": parts[1]}
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and ``--tables CATALOG.SCHEMA`` (the ``tables`` config section), for every job."""
     parser.add_argument("--config", metavar="FILE", help="YAML config applied over conf/base.yaml and the environment overlay")
+    parser.add_argument("--tables", type=table_namespace, metavar="CATALOG.SCHEMA",
+                        help="write Delta outputs as named tables CATALOG.SCHEMA.<stage>_<table> (native Delta); files stay under the output root")
+    parser.add_argument("--mlflow", action="store_const", const="always", default=None, dest="mlflow",
+                        help="log the run to MLflow here too (tracking URI from the config, else a file store <output>/mlruns)")
+
+
+def output_roots(cfg: Config) -> list[str]:
+    """Every stage's output root in ``cfg`` (the folders whose Delta tables a namespace names)."""
+    return [
+        str(value)
+        for section in cfg.model_dump().values()
+        if isinstance(section, dict)
+        for key, value in section.items()
+        if key in ("output", "fit_dir", "baseline_fit") and value
+    ]
 
 
 def add_engine_flag(parser: argparse.ArgumentParser) -> None:
@@ -189,8 +215,11 @@ def add_engine_flag(parser: argparse.ArgumentParser) -> None:
                         help="who runs the per-file tasks: spark (default) or local threads without Spark (alias polars)")
 
 
-def finish(run: Run, stage: Callable[[], None]) -> tuple[int, dict[str, Any]]:
+def finish(run: Run, stage: Callable[[], None], *, report: Callable[[], Any] | None = None) -> tuple[int, dict[str, Any]]:
     """Run ``stage()``, set ``run``'s status and error, write its summary; return the exit code and summary.
+
+    ``report`` (e.g. MLflow tracking) runs after the status is known and before the
+    summary is written, so what it records lands in the summary.
 
     A :class:`UserError` fails the run with its exit code (2; 1 for a conflict) and its
     one-line message; a data file Spark cannot read is one line naming it (exit 1); any
@@ -207,6 +236,8 @@ def finish(run: Run, stage: Callable[[], None]) -> tuple[int, dict[str, Any]]:
         fault = read_fault(exc)
         console(f"error: {fault}" if fault else traceback.format_exc().rstrip())
         run.status, run.error, code = "failed", fault or f"{type(exc).__name__}: {exc}", 1
+    if report is not None:
+        report()
     return code, run.write_summary()
 
 
@@ -233,8 +264,10 @@ def execute(
 
     args = parser.parse_args(argv)
     section = section or job
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "engine")}
-    overrides: dict[str, dict[str, Any]] = {job if section == "*" else section: flags}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "engine", "tables", "mlflow")}
+    overrides: dict[str, dict[str, Any]] = {job if section == "*" else section: flags,
+                                            "tables": getattr(args, "tables", None) or {},
+                                            "mlflow": {"track": getattr(args, "mlflow", None)}}
     if getattr(args, "engine", None) is not None:
         overrides["engine"] = {"name": args.engine}
     try:
@@ -252,6 +285,7 @@ def execute(
             delta.set_backend(cfg.delta.backend)
 
         def go() -> None:
+            delta.use_tables(cfg.tables.catalog, cfg.tables.schema_name, roots=output_roots(cfg))
             name = engine_name(cfg.engine.name)
             spark = None
             if needs_spark is None or needs_spark(settings, name):
@@ -267,6 +301,7 @@ def execute(
                     run.details["spark"] = describe(spark)
 
         run.write_summary()  # status "running" until the end: a killed run is never recorded as succeeded
-        code, data = finish(run, go)
+        # While the session is up: a named metrics table is read through it.
+        code, data = finish(run, go, report=lambda: tracking.log_run(cfg, run))
     print(json.dumps(data, default=str), flush=True)
     return code

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines import fs
+from pipelines import delta, fs
 from pipelines.columns import ROW_ID, default_columns
 from pipelines.errors import UserError
 
@@ -122,14 +122,12 @@ def read_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> 
         run.progress(f"no --input: using the built-in dataset ({DEFAULT_ROWS} rows, {DEFAULT_K} blobs)")
         return make_blobs(spark)
     path = settings.input
-    if not fs.exists(path):
+    if not delta.table_exists(path) and not fs.exists(path):  # a table name has no folder
         raise UserError(f"{path}: input not found")
     fmt = settings.format or _infer_format(path)
     run.details["dataset"] = {"name": path, "format": fmt}
     if fmt == "delta":
-        from pipelines.delta import read_table
-
-        return read_table(spark, path)
+        return delta.read_table(spark, path)
     try:
         if fmt == "csv":
             return spark.read.option("header", True).option("inferSchema", True).csv(path)
@@ -139,7 +137,7 @@ def read_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> 
 
 
 def _infer_format(path: str) -> str:
-    if fs.exists(fs.join(path, "_delta_log")):
+    if delta.table_exists(path):
         return "delta"
     if path.lower().rstrip("/").endswith((".csv", ".csv.gz")):
         return "csv"
