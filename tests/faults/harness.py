@@ -229,10 +229,11 @@ def commands(bronze: Path, out: Path) -> dict[str, list[str]]:
     }
 
 
-# Columns that differ between two correct runs (timestamps, timings, run ids), and the
+# Columns that differ between two correct runs (timestamps, timings, run ids, gmm_fit's count
+# of attempts at a column, which a killed run raises), and the
 # source path (it is a different folder per run): compared by file name only.
 VOLATILE = {"_ingested_at", "fit_seconds", "eval_seconds", "started_at", "finished_at", "seconds", "fit_id",
-            "run_id", "ingested_at", "mtime_ms"}
+            "run_id", "ingested_at", "mtime_ms", "attempt"}
 PATHS = ("_source_file", "path")
 
 
