@@ -64,6 +64,12 @@ class Result:
         return [line for line in self.stderr if line.startswith("[") or "error:" in line or "Traceback" in line]
 
 
+def job_file(job: str) -> Path:
+    """``jobs/<job>.py`` (tokenize's file is ``tokenize_job.py``: as a script, ``tokenize.py``
+    would shadow the standard library's module)."""
+    return REPO / "jobs" / f"{'tokenize_job' if job == 'tokenize' else job}.py"
+
+
 class Job:
     """One ``spark-submit jobs/<job>.py ...`` run; its stderr lines can be waited for."""
 
@@ -72,7 +78,7 @@ class Job:
         cmd = [str(SPARK_SUBMIT), "--master", master, "--driver-memory", "1g"]
         for key, value in {"spark.ui.enabled": "false", **(conf or {})}.items():
             cmd += ["--conf", f"{key}={value}"]
-        cmd += [str(REPO / "jobs" / f"{job}.py"), *map(str, args)]
+        cmd += [str(job_file(job)), *map(str, args)]
         self.cmd = cmd
         self.proc = subprocess.Popen(cmd, env=job_env(), cwd=cwd or REPO, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, start_new_session=True)

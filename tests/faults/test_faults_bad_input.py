@@ -20,7 +20,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from harness import REPO, commands, figure, versions
+from harness import commands, figure, job_file, versions
 
 from pipelines import delta
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.cluster
 
 
 def _main(job: str):
-    spec = importlib.util.spec_from_file_location(f"fault_job_{job}", REPO / "jobs" / f"{job}.py")
+    spec = importlib.util.spec_from_file_location(f"fault_job_{job}", job_file(job))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main
