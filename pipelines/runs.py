@@ -277,7 +277,9 @@ def execute(
         return exc.exit_code
     settings = cfg if section == "*" else getattr(cfg, section)
     own = getattr(cfg, job) if section == "*" else settings
-    run = Run(job=job, output=str(getattr(own, output_key)), params=own.model_dump())
+    # A preview (--dry-run) leaves no trace: its summary is printed, never written.
+    run = Run(job=job, output=str(getattr(own, output_key)), params=own.model_dump(),
+              record=not getattr(own, "dry_run", False))
 
     with ExitStack() as stack:
         if cfg.delta.backend != "auto":  # "auto" keeps a backend forced by the caller
