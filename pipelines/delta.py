@@ -378,6 +378,8 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
             raise UserError(f"{name}: table not found")
         return spark.sql(f"SELECT * FROM {name}" + (f" VERSION AS OF {int(version)}" if version is not None else ""))
     if backend(spark) == "native":
+        if not table_exists(path):  # as on delta-rs: one line, not Spark's PATH_NOT_FOUND trace
+            raise UserError(f"{path}: not a Delta table")
         reader = spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
