@@ -72,7 +72,7 @@ def outputs(spark, tmp_path_factory):
             assert [s["status"] for s in summary["stages"]] == ["succeeded"] * 9
             _run("gmm_transform", ["--inverse", "--fit-dir", str(o / "gmm_fit"),
                                    "--input", str(o / "gmm_transform" / "transformed_values"), "--output", str(o / "inverse")])
-            _run("tokenize", ["--detokenize", "--tokenizer", str(o / "tokenize" / "tokenizer"),
+            _run("tokenize_job", ["--detokenize", "--tokenizer", str(o / "tokenize" / "tokenizer"),
                               "--input", str(o / "tokenize" / "tokens"), "--output", str(o / "detokenized")])
             out[backend] = o
     finally:
