@@ -96,7 +96,8 @@ def test_outputs_equal_across_backends(spark, outputs, table):
     rs = delta.read_table(spark, str(outputs["delta-rs"] / table))
     assert native.columns == rs.columns
     keep = [c for c in native.columns if c not in VOLATILE]
-    assert native.count() > 0
+    # The demo's day-2 batch, ingested last (overwrite), is clean: its quarantine is empty on both.
+    assert native.count() > 0 or table == "ingest/quarantine"
     assert_df_equality(native.select(keep), rs.select(keep), ignore_row_order=True, allow_nan_equality=True)
     props = [{k: v for k, v in delta.table_properties(str(outputs[b] / table)).items() if not k.endswith("runId")}
              for b in ("native", "delta-rs")]
