@@ -46,8 +46,14 @@ def _ingest(tmp_path: Path, launcher: list[str]) -> dict:
 
 @pytest.mark.slow
 def test_spark_submit_local_cluster_master_and_conf_win(tmp_path):
+    # The scheduler waits until both executors have registered (spark.cores.max gives it the
+    # number of cores to expect), so the first stage's tasks are offered to both: otherwise a
+    # fast first executor can run every task of a 200-row ingest before the second one joins.
     spark = _ingest(tmp_path, [str(SPARK_SUBMIT), "--master", "local-cluster[2,1,1024]",
-                               "--conf", "spark.sql.shuffle.partitions=3"])
+                               "--conf", "spark.sql.shuffle.partitions=3",
+                               "--conf", "spark.cores.max=2",
+                               "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
+                               "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=300s"])
     assert spark["master"] == "local-cluster[2,1,1024]"
     assert spark["shuffle_partitions"] == 3
     assert spark["executors"] == 2
