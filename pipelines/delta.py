@@ -299,7 +299,7 @@ def table_schema(path: str) -> pa.Schema:
     if name is not None:
         from pyspark.sql.pandas.types import to_arrow_schema
 
-        return delta_schema(to_arrow_schema(_session_for(name).table(name).schema, prefers_large_types=False))
+        return delta_schema(to_arrow_schema(_session_for(name).table(name).schema, timezone="UTC", prefers_large_types=False))
     return _arrow_schema(_open(path))
 
 
@@ -824,8 +824,9 @@ def write_arrow_batches(
         # Spark owns a named table's files: the batches (here already in driver memory,
         # e.g. a fitted model table) go through Spark's Delta writer.
         spark = _session_for(name)
-        table = pa.Table.from_batches([b for t in batches for b in (t.to_batches() if isinstance(t, pa.Table) else [t])],
-                                      schema=delta_schema(schema))
+        target = delta_schema(schema)  # e.g. Polars' large_string -> string, as the path writer does
+        parts = [(t if isinstance(t, pa.Table) else pa.Table.from_batches([t])).cast(target) for t in batches]
+        table = pa.concat_tables(parts) if parts else target.empty_table()
         return _write_native(spark.createDataFrame(table), name, mode=mode, partition_by=list(partition_by or []),
                              replace_where=replace_where, properties=properties)
     root = _uri(path)

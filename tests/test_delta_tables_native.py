@@ -37,8 +37,6 @@ def _missing_jars() -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHILD, reason="the launcher does not run in its own child")
-@pytest.mark.skip(reason="open in issue 16: the pipeline with --tables fails in the child run "
-                  "(cluster_eval on the named bronze table recommends k=10, the path run 4); not yet fixed")
 def test_named_tables_in_a_native_delta_process(tmp_path):
     if _missing_jars():
         pytest.skip(f"Delta jars not in the local Maven repository: {', '.join(_missing_jars())}")
@@ -89,8 +87,9 @@ def _pipeline(capsys, out: Path) -> dict:
     from jobs.pipeline import main
 
     code = main(["--output", str(out), "--tables", NAMESPACE])
-    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert code == 0, record["error"]
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert code == 0, f"{record['error']}\n{captured.err[-4000:]}"
     return {stage["job"]: stage for stage in record["stages"]}
 
 
