@@ -192,8 +192,27 @@ class BucketScan:
 
     def result(self) -> dict[str, np.ndarray]:
         keys, counts = merge_counts([(r, None) for r in self.raw])
+        leaf = np.searchsorted(self.b.starts, self.probe_keys, side="right") - 1
         return {"counts": self.counts, "keys": keys, "kcounts": counts, "probe_keys": self.probe_keys,
-                "probe_counts": self.probe_counts, "overflow": self.overflow}
+                "probe_counts": self.probe_counts, "probe_leaf": leaf.astype(np.int64), "overflow": self.overflow}
+
+
+def merge_bucket_results(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two tasks' :meth:`BucketScan.result` as one (the driver folds the tasks as they arrive).
+
+    A probed leaf whose distinct values over the tasks exceed ``COLLECT_ROWS`` overflows
+    here, so what the driver holds stays bounded however many files the table has.
+    """
+    keys, counts = merge_counts([(a["keys"], a["kcounts"]), (b["keys"], b["kcounts"])])
+    overflow = a["overflow"].astype(bool) | b["overflow"].astype(bool)
+    pk, pc = merge_counts([(a["probe_keys"], a["probe_counts"]), (b["probe_keys"], b["probe_counts"])])
+    leaf = np.zeros(pk.size, np.int64)
+    for r in (a, b):
+        leaf[np.searchsorted(pk, r["probe_keys"])] = r["probe_leaf"]
+    overflow |= np.bincount(leaf, minlength=overflow.size) > COLLECT_ROWS
+    keep = ~overflow[leaf]
+    return {"counts": a["counts"] + b["counts"], "keys": keys, "kcounts": counts, "probe_keys": pk[keep],
+            "probe_counts": pc[keep], "probe_leaf": leaf[keep], "overflow": overflow}
 
 
 def merge_counts(parts: Sequence[tuple[np.ndarray, np.ndarray | None]]) -> tuple[np.ndarray, np.ndarray]:
@@ -457,6 +476,20 @@ class TaskScan:
         for i, scan in enumerate(self.scans):
             out.update({f"{i}.{k}": v for k, v in scan.result().items()})
         return out
+
+
+def merge_task_results(a: dict[str, np.ndarray] | None, b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Two :meth:`TaskScan.result` of one sample as one (profiles merged in this order)."""
+    if a is None:
+        return b
+    rows, stats = merge_profiles([a, b])
+    out = {"rows": np.array([rows], np.int64), "stats": stats}
+    for i in range(stats.shape[0]):
+        prefix = f"{i}."
+        out.update({prefix + k: v for k, v in merge_bucket_results(
+            {k[len(prefix):]: v for k, v in a.items() if k.startswith(prefix)},
+            {k[len(prefix):]: v for k, v in b.items() if k.startswith(prefix)}).items()})
+    return out
 
 
 def merge_profiles(results: Sequence[dict]) -> tuple[int, np.ndarray]:

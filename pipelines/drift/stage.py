@@ -209,7 +209,9 @@ def scan(
     """One pass over the files of each table version (one Spark task per file, or run of
     row groups, as :mod:`pipelines.engine`): :class:`pipelines.drift.kernels.TaskScan` per task.
 
-    Returns, per table version, its tasks' results in file order (a few arrays per column).
+    Returns, per table version, a list of its tasks' results merged into one in file order
+    (:func:`pipelines.drift.kernels.merge_task_results`; empty without files): a few arrays
+    per column, whatever the number of files.
     """
     sources = [engine.source(t.path, version=t.version) for t in tables]
     tasks = [(s, i) for s, src in enumerate(sources) for i in range(len(src.units))]
@@ -234,15 +236,20 @@ def scan(
                     data, error = None, f"{unit.label()}: {type(exc).__name__}: {exc}"
                 yield pa.RecordBatch.from_pylist([{"task": index, "error": error, "data": data}], schema=_SCAN_SCHEMA)
 
+    # one small row per file, in file order (toLocalIterator: one partition at a time), folded as it arrives
     rows = (spark.range(0, len(tasks), numPartitions=len(tasks))
-            .mapInArrow(run_tasks, "task int, error string, data binary").collect())  # one small row per file
-    failed = sorted((r["task"], r["error"]) for r in rows if r["error"])
+            .mapInArrow(run_tasks, "task int, error string, data binary").toLocalIterator())
+    out: list[dict[str, np.ndarray] | None] = [None for _ in tables]
+    failed = []
+    for r in rows:
+        if r["error"]:
+            failed.append(r["error"])
+            continue
+        sample = tasks[r["task"]][0]
+        out[sample] = K.merge_task_results(out[sample], _decode(r["data"]))
     if failed:
-        raise RuntimeError(failed[0][1] + (f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""))
-    out: list[list[dict[str, np.ndarray]]] = [[] for _ in tables]
-    for r in sorted(rows, key=lambda r: r["task"]):
-        out[tasks[r["task"]][0]].append(_decode(r["data"]))
-    return out
+        raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""))
+    return [[] if o is None else [o] for o in out]
 
 
 _SCAN_SCHEMA = pa.schema([("task", pa.int32()), ("error", pa.string()), ("data", pa.binary())])
