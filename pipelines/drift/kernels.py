@@ -183,7 +183,15 @@ class BucketScan:
             self.raw.append(u[mode == 1])
         probe = (mode == 2) & ~self.overflow[j]
         if probe.any():
-            keys, counts = merge_counts([(u[probe], None), (self.probe_keys, self.probe_counts)])
+            pu = u[probe]
+            if self.probe_keys.size:  # values seen before (heavy ties: nearly all) only add to their counts
+                pos = np.minimum(np.searchsorted(self.probe_keys, pu), self.probe_keys.size - 1)
+                hit = self.probe_keys[pos] == pu
+                self.probe_counts += np.bincount(pos[hit], minlength=self.probe_keys.size)
+                pu = pu[~hit]
+            if not pu.size:
+                return
+            keys, counts = merge_counts([(pu, None), (self.probe_keys, self.probe_counts)])
             leaf = np.searchsorted(b.starts, keys, side="right") - 1
             over = np.bincount(leaf, minlength=b.starts.size) > PROBE_DISTINCT
             self.overflow |= over
