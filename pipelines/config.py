@@ -158,7 +158,7 @@ class DriftSettings(_Section):
     bins: int = Field(10, ge=2)
     psi_threshold: float = Field(0.2, gt=0.0)
     loglik_threshold: float = Field(0.25, gt=0.0)  # nats per row
-    relative_error: float = Field(1e-4, ge=1e-9, lt=1.0)  # percentile_approx accuracy = ceil(1 / relative_error)
+    relative_error: float = Field(1e-4, ge=1e-9, lt=1.0)  # unused: drift's PSI edges are exact quantiles; kept for old configs
     output: str = "output/drift"
 
 

@@ -121,7 +121,7 @@ class Source:
         return [k for k, _ in self.units[0].partition_values] if self.units else []
 
 
-def source(path: str, *, split_bytes: int = DEFAULT_SPLIT_BYTES) -> Source:
+def source(path: str, *, split_bytes: int = DEFAULT_SPLIT_BYTES, version: int | None = None) -> Source:
     """The units of a Delta table's active files (from its log), or of Parquet files.
 
     Parameters
@@ -130,6 +130,8 @@ def source(path: str, *, split_bytes: int = DEFAULT_SPLIT_BYTES) -> Source:
         A Delta table root, a Parquet file, or a folder of Parquet files.
     split_bytes : int
         Files larger than this are split into runs of row groups of about this size.
+    version : int, optional
+        A Delta table's files as of this version (time travel); default its latest.
 
     Raises
     ------
@@ -137,7 +139,7 @@ def source(path: str, *, split_bytes: int = DEFAULT_SPLIT_BYTES) -> Source:
         The path does not exist or is neither a Delta table nor Parquet.
     """
     if delta.table_exists(path):
-        dt = delta._open(path)
+        dt = delta._open(path, version)
         delta._check_readable(dt, path)
         schema = delta._arrow_schema(dt)
         actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()

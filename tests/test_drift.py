@@ -15,6 +15,7 @@ from jobs.drift import main
 from jobs.gmm_fit import main as gmm_fit_main
 from pipelines import delta
 from pipelines.config import load_config
+from pipelines.drift import kernels as K
 from pipelines.drift import stage
 from pipelines.runs import Run
 
@@ -120,10 +121,10 @@ def test_time_travel_drift_equals_scipy_and_numpy(spark, versions, tmp_path, cap
     assert "ties" in (Path(out) / "report.md").read_text()
 
 
-def test_same_results_for_1_and_7_partitions_and_any_number_of_splits(spark, versions, tmp_path):
+def test_same_results_for_1_and_7_partitions_and_any_number_of_passes(spark, versions, tmp_path, monkeypatch):
     path, base, cur = versions
     cfg = load_config(overrides={"drift": {"current": path, "baseline": f"{path}@0", "output": str(tmp_path)}})
-    results = []
+    results, passes = [], []
     for parts in (1, 7):
         tables = []
         for name, frame in (("b", base), ("c", cur)):
@@ -131,18 +132,25 @@ def test_same_results_for_1_and_7_partitions_and_any_number_of_splits(spark, ver
             delta.write_table(spark.createDataFrame(frame.to_pandas()).repartition(parts), target, mode="overwrite")
             tables.append(stage.TableVersion(target, 0))
         assert len(delta._open(tables[0].path).file_uris()) == parts
-        for rows_per_task in (stage.ROWS_PER_TASK, 1001):  # one split per column, or three per version
-            kinds = {"x": "continuous", "ties": "continuous", "cat": "categorical"}
-            rows = stage.compare(spark, *tables, ["x", "ties", "cat"], kinds, {}, cfg.drift, Run("drift", str(tmp_path)),
-                                 rows_per_task=rows_per_task)
+        for budgets in ({}, {"COLLECT_ROWS": 8, "PROBE_DISTINCT": 2, "MAX_SPLIT": 3, "MAX_COLLECT_ROWS": 40}):
+            with monkeypatch.context() as m:  # tiny budgets: many splits and passes, every leaf kind
+                for k, v in budgets.items():
+                    m.setattr(K, k, v)
+                kinds = {"x": "continuous", "ties": "continuous", "cat": "categorical"}
+                run = Run("drift", str(tmp_path))
+                rows = stage.compare(spark, *tables, ["x", "ties", "cat"], kinds, {}, cfg.drift, run)
+            passes.append(run.details["ks_passes"])
             results.append({r["column"]: (r["ks_statistic"], r["psi"], r["chi2_statistic"], r.get("mean_current"))
                             for r in rows})
+    assert passes[1]["x"] > passes[0]["x"] + 2, passes
     for r in results[1:]:
         for col, got in r.items():
             assert got[:3] == results[0][col][:3], col  # counts-based: bit for bit
             # moments are floating sums, equal up to the order of the additions
             assert got[3] == (None if got[3] is None else pytest.approx(results[0][col][3], rel=1e-12)), col
-    assert abs(results[0]["ties"][0] - stats.ks_2samp(_finite(base, "ties"), _finite(cur, "ties")).statistic) < 1e-12
+    for col in ("x", "ties"):
+        ref = stats.ks_2samp(_finite(base, col), _finite(cur, col)).statistic
+        assert abs(results[0][col][0] - ref) < 1e-12
 
 
 def test_real_dataset_with_an_injected_shift(spark, tmp_path, capsys):

@@ -1,6 +1,8 @@
-"""Drift kernels without Spark, against scipy: KS from split runs, its p-value, PSI, chi-square."""
+"""Drift kernels without Spark, against scipy/numpy: KS and quantiles by bucket refinement, its p-value, PSI, chi-square."""
 
 from __future__ import annotations
+
+from functools import reduce
 
 import numpy as np
 import pytest
@@ -8,59 +10,135 @@ from scipy import stats
 
 from pipelines.drift import kernels as K
 
+PROBS = [k / 10 for k in range(1, 10)]
 
-def _ks_by_parts(x0, x1, rng, *, max_batch=10, max_splits=4):
-    """The KS statistic through KSPartition/ks_merge: random value splits, random batch cuts, shuffled order."""
-    v = np.r_[x0, x1]
-    s = np.r_[np.zeros(x0.size, bool), np.ones(x1.size, bool)]
-    order = np.argsort(v, kind="stable")
-    v, s = v[order], s[order]
-    uniq = np.unique(v)
-    cuts = np.sort(rng.choice(uniq, min(max_splits, uniq.size), replace=False))
-    split = np.searchsorted(cuts, v, side="right")
+
+def _scan(parts, buckets):
+    """Each part is one task (one file); each task sees its values in three batches."""
+    out = []
+    for p in parts:
+        s = K.BucketScan(buckets)
+        for chunk in np.array_split(p, 3):
+            s.update(chunk)
+        out.append(s.result())
+    return [reduce(K.merge_bucket_results, out)]  # folded as the driver folds the files' results
+
+
+def _refine(x0, x1, *, tasks=3, rng=None, probs=PROBS):
+    """The refinement as the stage runs it, without Spark: returns the Refiner and the passes it took."""
+    rng = rng or np.random.default_rng(0)
+
+    def split(x):
+        return np.split(K.finite_values(x), np.sort(rng.integers(0, x.size + 1, tasks - 1)))
+
+    p0, p1 = split(np.asarray(x0, float)), split(np.asarray(x1, float))
+    top = K.Buckets.top()
+    h0 = sum(r["counts"] for r in _scan(p0, top))
+    h1 = sum(r["counts"] for r in _scan(p1, top))
+    ref = K.Refiner(sum(map(len, p0)), sum(map(len, p1)), probs, h0, h1)
+    passes = 1
+    while (b := ref.plan()) is not None:
+        ref.apply(_scan(p0, b), _scan(p1, b))
+        passes += 1
+        assert passes < 40
+    return ref, passes
+
+
+def _check(ref, x0, x1):
+    f0, f1 = K.finite_values(x0), K.finite_values(x1)
+    scipy_d = stats.ks_2samp(f0, f1, method="asymp")
+    d = ref.statistic()
+    assert abs(d - scipy_d.statistic) < 1e-12
+    assert abs(K.ks_pvalue(d, f0.size, f1.size) - scipy_d.pvalue) < 1e-12
+    q = np.quantile(f0, PROBS, method="inverted_cdf")
+    assert ref.quantiles() == q.tolist()
+    inner = np.unique(np.r_[f0.min(), q, f0.max()])[1:-1]
+    b0, b1 = ref.bin_counts(inner)
+    assert b0.tolist() == np.bincount(K.bin_index(f0, inner), minlength=inner.size + 1).tolist()
+    assert b1.tolist() == np.bincount(K.bin_index(f1, inner), minlength=inner.size + 1).tolist()
+
+
+def _samples(kind, rng, n0, n1):
+    if kind == "continuous":
+        return rng.normal(0, 1, n0), rng.normal(0.1, 1.2, n1)
+    if kind == "shifted":
+        return rng.normal(0, 3, n0), rng.normal(0.5, 3, n1)
+    if kind == "rounded":
+        return rng.normal(0, 1, n0).round(1), rng.normal(0.2, 1, n1).round(1)
+    if kind == "integers":
+        return rng.integers(0, 4, n0).astype(float), rng.integers(0, 5, n1).astype(float)
+    if kind == "wide":  # tiny, huge and negative values: leaves at every depth, most of them empty
+        return (rng.choice([-1e300, -1e-300, 5e-324, 1.0, 1e300], n0) * rng.uniform(1, 1.0001, n0),
+                rng.choice([-1e300, 1e-300, 1.0, 2.0], n1) * rng.uniform(1, 1.0001, n1))
+    return np.full(n0, 2.0), rng.integers(0, 5, n1).astype(float)  # constant vs spread
+
+
+@pytest.mark.parametrize("kind", ["continuous", "shifted", "rounded", "integers", "wide", "constant-vs-spread"])
+def test_refined_ks_quantiles_and_bins_equal_scipy_and_numpy(kind, monkeypatch):
+    rng = np.random.default_rng(sum(map(ord, kind)))
+    for budgets in ({}, {"COLLECT_ROWS": 4, "PROBE_DISTINCT": 1, "MAX_SPLIT": 2, "MAX_COLLECT_ROWS": 16}):
+        with monkeypatch.context() as m:  # tiny budgets: deep splits, probes that overflow, deferred leaves
+            for k, v in budgets.items():
+                m.setattr(K, k, v)
+            for _ in range(15):
+                n0, n1 = rng.integers(1, 1500, 2)
+                x0, x1 = _samples(kind, rng, n0, n1)
+                ref, _ = _refine(x0, x1, rng=rng)
+                _check(ref, x0, x1)
+
+
+def test_special_values_negative_zero_and_empty_samples():
+    x0 = np.array([np.nan, -0.0, 0.0, 1.0, np.inf, -np.inf, -0.0])
+    x1 = np.array([0.0, 0.0, 2.0, np.nan])
+    ref, _ = _refine(x0, x1)
+    _check(ref, x0, x1)  # -0.0 and 0.0 are one value
+    ref, _ = _refine(np.array([np.nan]), np.array([1.0, 2.0]), probs=[])
+    assert np.isnan(ref.statistic())
+    ref, _ = _refine(np.array([1.0, 2.0]), np.zeros(0))
+    assert np.isnan(ref.statistic())
+
+
+def test_the_same_result_for_1_and_7_tasks():
+    rng = np.random.default_rng(7)
+    x0, x1 = rng.normal(0, 1, 20_000).round(2), rng.normal(0.05, 1, 15_000).round(2)
+    one, _ = _refine(x0, x1, tasks=1, rng=rng)
+    seven, _ = _refine(x0, x1, tasks=7, rng=rng)
+    assert one.statistic() == seven.statistic() and one.quantiles() == seven.quantiles()
+    _check(seven, x0, x1)
+
+
+def test_a_large_sample_needs_few_passes_and_bounded_driver_state():
+    rng = np.random.default_rng(11)
+    x0, x1 = rng.normal(0, 1, 400_000), rng.normal(0, 1, 400_000)  # no drift: the hardest case to prune
+    ref, passes = _refine(x0, x1, tasks=2, rng=rng)
+    assert passes <= 3
+    assert abs(ref.statistic() - stats.ks_2samp(x0, x1).statistic) < 1e-12
+    assert sum(k.size for k, _, _ in ref.collected.values()) < K.MAX_COLLECT_ROWS * passes
+
+
+def test_ordered_keys_keep_the_order_of_doubles():
+    x = np.array([-np.finfo(float).max, -1e10, -1.0, -5e-324, 0.0, 5e-324, 1.0, 2.0, np.finfo(float).max])
+    k = K.ordered_keys(x)
+    assert (np.diff(k.astype(object)) > 0).all()
+    assert K.key_values(k).tolist() == x.tolist()
+
+
+def test_task_profiles_merge_to_numpy_moments():
+    rng = np.random.default_rng(2)
+    x = rng.normal(1e6, 0.01, 10_000)  # a large mean: naive sums of squares would lose the std
+    import polars as pl
+
     parts = []
-    for p in np.unique(split):
-        vv, sv = v[split == p], s[split == p]
-        ks = K.KSPartition(x0.size, x1.size)
-        i = 0
-        while i < vv.size:  # batch boundaries fall inside runs of ties too
-            j = i + int(rng.integers(1, max_batch))
-            ks.update(vv[i:j], sv[i:j])
-            i = j
-        ks.close()
-        parts.append({"first": ks.first, "c0": ks.c0, "c1": ks.c1, "max0": ks.best_max[1], "max1": ks.best_max[2],
-                      "min0": ks.best_min[1], "min1": ks.best_min[2]})
-    rng.shuffle(parts)
-    return K.ks_merge(parts, x0.size, x1.size)
-
-
-@pytest.mark.parametrize("kind", ["continuous", "rounded", "integers", "constant-vs-spread"])
-def test_ks_equals_scipy_with_ties_and_any_split(kind):
-    rng = np.random.default_rng(hash(kind) % 2**32)
-    for _ in range(60):
-        n0, n1 = rng.integers(1, 400, 2)
-        if kind == "continuous":
-            x0, x1 = rng.normal(0, 1, n0), rng.normal(0.1, 1.2, n1)
-        elif kind == "rounded":
-            x0, x1 = rng.normal(0, 1, n0).round(1), rng.normal(0.2, 1, n1).round(1)
-        elif kind == "integers":
-            x0, x1 = rng.integers(0, 4, n0).astype(float), rng.integers(0, 5, n1).astype(float)
-        else:
-            x0, x1 = np.full(n0, 2.0), rng.integers(0, 5, n1).astype(float)
-        ref = stats.ks_2samp(x0, x1, method="asymp")
-        d = _ks_by_parts(x0, x1, rng)
-        assert abs(d - ref.statistic) < 1e-12
-        assert abs(K.ks_pvalue(d, n0, n1) - ref.pvalue) < 1e-12
-
-
-def test_ks_merge_checks_the_row_counts():
-    ks = K.KSPartition(3, 2)
-    ks.update(np.array([1.0, 2.0]), np.array([False, True]))
-    ks.close()
-    part = {"first": 1.0, "c0": ks.c0, "c1": ks.c1, "max0": 1, "max1": 0, "min0": 1, "min1": 1}
-    with pytest.raises(RuntimeError, match="expected 3/2"):
-        K.ks_merge([part], 3, 2)
-    assert np.isnan(K.ks_merge([], 0, 2))
+    for chunk in np.array_split(x, 5):
+        t = K.TaskScan(["v"], [K.Buckets.top()], profile=True)
+        for b in np.array_split(chunk, 3):
+            t.update(pl.DataFrame({"v": np.r_[b, np.nan]}))
+        parts.append(t.result())
+    rows, st = K.merge_profiles(parts)
+    assert rows == x.size + 15 and st[0][1] == 15 and st[0][3] == x.size
+    assert st[0][4] == pytest.approx(x.mean(), rel=1e-14)
+    assert np.sqrt(st[0][5] / st[0][3]) == pytest.approx(x.std(), rel=1e-9)
+    assert (st[0][6], st[0][7]) == (x.min(), x.max())
 
 
 def test_psi_is_the_common_formula_with_epsilon_on_each_share():

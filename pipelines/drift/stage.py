@@ -2,18 +2,24 @@
 
 Passes, both versions in each (nothing but small per-column results reaches the driver):
 
-1. **Profile** (:func:`profile`), one aggregation per version: row, null, NaN and +-inf
-   counts, mean and population std of the finite values, and ``percentile_approx``
-   quantiles: the baseline's at ``k / bins`` (the PSI bins, with the same machinery and
-   edge collapsing as tokenize), both versions' at ``k / tasks`` (the sort's split points).
-2. **Sorted pass** (:func:`sorted_pass`), continuous columns: the finite values of both
-   versions in long form ``(column, split, value, sample)``, hash-shuffled by
-   ``(column, split)`` (every split a disjoint value range, so equal values share a task),
-   sorted within tasks by value, and one kernel per task
-   (:func:`pipelines.drift.kernels.sorted_partition`) returns the exact KS state, the PSI
-   bin counts and, where a fitted GMM exists, the log-likelihood sums. The driver merges a
-   few rows per split.
-3. **Categories**, categorical columns: one ``groupBy(column, value, sample).count()``.
+1. **Profile** (:func:`continuous_pass`, first pass), one Spark task per file of either
+   version (:mod:`pipelines.engine`'s units; numpy over pyarrow batches, no shuffle): row,
+   null, NaN and +-inf counts, mean and population std of the finite values, min, max,
+   the log-likelihood sums under a fitted GMM, and exact counts of the finite values in
+   2**16 buckets of their order-preserving 64-bit keys.
+2. **KS refinement** (``ks_refine``), continuous columns: the buckets bound the KS
+   statistic; the buckets that may still hold it, or that hold a baseline quantile rank,
+   are split into finer buckets or have their distinct values collected, in further
+   passes over the pending columns only, until the KS statistic and the baseline's
+   quantiles at ``k / bins`` (the PSI edges, with tokenize's edge collapsing) are exact
+   (:class:`pipelines.drift.kernels.Refiner`; typically one or two passes). The PSI bin
+   counts follow from the same buckets.
+3. **Categories**, categorical columns: a null-count aggregation and one
+   ``groupBy(column, value, sample).count()``.
+
+The PSI edges are the baseline's exact inverted-CDF quantiles: what ``percentile_approx``
+(tokenize's machinery) returns when it is exact, here at any size and independent of the
+partitioning.
 
 A column drifted when its PSI exceeds ``psi_threshold`` or, where a GMM fit exists, its
 mean log-likelihood per row under the fitted mixture dropped by more than
@@ -33,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from pipelines import delta, fs
+from pipelines import delta, engine, fs
 from pipelines.drift import kernels as K
 from pipelines.errors import UserError
 from pipelines.gmm.em import Mixture
@@ -47,8 +53,6 @@ if TYPE_CHECKING:
     from pipelines.gmm.model import ColumnModel
     from pipelines.runs import Run
 
-ROWS_PER_TASK = 4_000_000  # rows (both versions) per sorted-pass task; sets the number of splits
-MAX_SPLITS = 64  # per column and version: the split points come from percentile_approx
 MAX_CATEGORIES = 100_000
 TOP = 10  # unseen / vanished categories named
 SUMMARY = "summary.json"
@@ -177,81 +181,149 @@ def profile(
     return int(row["rows"]), out
 
 
-def split_probabilities(finite_rows: int, *, rows_per_task: int) -> list[float]:
-    """Probabilities of one version's split points for the sorted pass (``k / splits``)."""
-    splits = max(1, min(MAX_SPLITS, math.ceil(finite_rows / rows_per_task)))
-    return quantile_probabilities(splits)
+def _encode(arrays: Mapping[str, np.ndarray]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)  # numeric arrays only: no pickle
+    return buf.getvalue()
 
 
-def _split_of(value: Column, points: np.ndarray) -> Column:
-    """The index of the value range ``[p_k, p_k+1)`` a value falls into, as a Spark expression."""
-    from pyspark.sql import functions as F
+def _decode(data: bytes) -> dict[str, np.ndarray]:
+    import io
 
-    split = F.lit(len(points))
-    for k in range(len(points) - 1, -1, -1):
-        split = F.when(value < F.lit(float(points[k])), F.lit(k)).otherwise(split)
-    return split
+    with np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
 
 
-def sorted_pass(
-    baseline: DataFrame,
-    current: DataFrame,
+def scan(
+    spark: SparkSession,
+    tables: Sequence[TableVersion],
     columns: Sequence[str],
-    plans: Sequence[K.ColumnPlan],
-    split_points: Sequence[np.ndarray],
-) -> dict[str, dict[str, Any]]:
-    """The exact KS statistic, PSI bin counts and log-likelihood sums of each column (one sort).
+    buckets: Sequence[Sequence[K.Buckets]] | Sequence[K.Buckets],
+    *,
+    profile: bool = False,
+    mixtures: Sequence[Any] = (),
+    batch_rows: int = engine.DEFAULT_BATCH_ROWS,
+) -> list[list[dict[str, np.ndarray]]]:
+    """One pass over the files of each table version (one Spark task per file, or run of
+    row groups, as :mod:`pipelines.engine`): :class:`pipelines.drift.kernels.TaskScan` per task.
 
-    Parameters
-    ----------
-    baseline, current : pyspark.sql.DataFrame
-    columns : sequence of str
-        Continuous columns; ``plans[i]`` and ``split_points[i]`` belong to ``columns[i]``.
-    plans : sequence of ColumnPlan
-    split_points : sequence of ndarray
-        Increasing values splitting each column's finite values into tasks.
+    Returns, per table version, a list of its tasks' results merged into one in file order
+    (:func:`pipelines.drift.kernels.merge_task_results`; empty without files): a few arrays
+    per column, whatever the number of files.
+    """
+    sources = [engine.source(t.path, version=t.version) for t in tables]
+    tasks = [(s, i) for s, src in enumerate(sources) for i in range(len(src.units))]
+    if not tasks:
+        return [[] for _ in tables]
+    engine._bound_worker_threads(spark)
+    cols = tuple(columns)
+    specs = list(buckets)
+
+    def run_tasks(batches):
+        for batch in batches:
+            for index in batch.column(0).to_pylist():
+                sample, unit_index = tasks[index]
+                src = sources[sample]
+                unit = src.units[unit_index]
+                state = K.TaskScan(cols, specs, profile=profile, mixtures=mixtures)
+                try:
+                    for frame in engine._read_unit(unit, src.schema, cols, batch_rows):
+                        state.update(frame)
+                    data, error = _encode(state.result()), None
+                except Exception as exc:  # named by its file, raised on the driver
+                    data, error = None, f"{unit.label()}: {type(exc).__name__}: {exc}"
+                yield pa.RecordBatch.from_pylist([{"task": index, "error": error, "data": data}], schema=_SCAN_SCHEMA)
+
+    # one small row per file, in file order (toLocalIterator: one partition at a time), folded as it arrives
+    rows = (spark.range(0, len(tasks), numPartitions=len(tasks))
+            .mapInArrow(run_tasks, "task int, error string, data binary").toLocalIterator())
+    out: list[dict[str, np.ndarray] | None] = [None for _ in tables]
+    failed = []
+    for r in rows:
+        if r["error"]:
+            failed.append(r["error"])
+            continue
+        sample = tasks[r["task"]][0]
+        out[sample] = K.merge_task_results(out[sample], _decode(r["data"]))
+    if failed:
+        raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""))
+    return [[] if o is None else [o] for o in out]
+
+
+_SCAN_SCHEMA = pa.schema([("task", pa.int32()), ("error", pa.string()), ("data", pa.binary())])
+
+
+def _column_results(results: Sequence[dict[str, np.ndarray]], i: int) -> list[dict[str, np.ndarray]]:
+    prefix = f"{i}."
+    return [{k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)} for r in results]
+
+
+def continuous_pass(
+    spark: SparkSession,
+    baseline: TableVersion,
+    current: TableVersion,
+    columns: Sequence[str],
+    *,
+    probabilities: Sequence[float],
+    mixtures: Sequence[Any],
+    run: Run,
+    max_passes: int = 32,
+) -> tuple[tuple[int, int], dict[str, dict[str, Any]]]:
+    """Profile, exact KS, exact PSI edges and bin counts and log-likelihoods of continuous columns.
+
+    The first pass (``profile``) counts rows, nulls, NaN, +-inf, the moments and the
+    first-level buckets of both versions; then :class:`pipelines.drift.kernels.Refiner`
+    passes (``ks_refine``) read only the columns still pending, until every column's KS
+    statistic and baseline quantiles are exact.
 
     Returns
     -------
-    dict of column -> dict
-        ``ks_statistic``, ``bins0`` / ``bins1`` (counts per PSI bin) and ``ll0`` / ``ll1``
-        (mean log-likelihood, NaN without a mixture).
+    (rows_baseline, rows_current), and per column: the profile (``null``, ``nan``,
+    ``inf``, ``finite``, ``mean``, ``std``, ``min``, ``max``), ``ks_statistic``,
+    ``inner_edges``, ``bins0`` / ``bins1``, ``ll0`` / ``ll1`` and ``passes``.
     """
-    from pyspark.sql import functions as F
-
-    def long(df: DataFrame, sample: bool) -> DataFrame:
-        cells = []
-        for i, name in enumerate(columns):
-            v = _finite(name)
-            cells.append(F.struct(F.lit(i).alias("c"), _split_of(v, split_points[i]).alias("p"), v.alias("v")))
-        return (df.select(F.explode(F.array(*cells)).alias("r"))
-                .select("r.c", "r.p", "r.v", F.lit(sample).alias("s"))
-                .where(F.col("v").isNotNull()))
-
-    tasks = sum(len(p) + 1 for p in split_points)
-    rows = (
-        long(baseline, False).unionByName(long(current, True))
-        .repartition(tasks, "c", "p")
-        .sortWithinPartitions("c", "p", "v")
-        .mapInArrow(lambda batches: K.sorted_partition(batches, plans), K.PARTIAL_DDL)
-        .toArrow()  # one row per (column, split)
-        .to_pylist()
-    )
-    out = {}
-    for i, name in enumerate(columns):
-        parts = [r for r in rows if r["c"] == i]
-        plan = plans[i]
-        n_bins = plan.inner_edges.size + 1
-        bins0 = np.sum([r["bins0"] for r in parts], axis=0) if parts else np.zeros(n_bins, np.int64)
-        bins1 = np.sum([r["bins1"] for r in parts], axis=0) if parts else np.zeros(n_bins, np.int64)
-        lls = [sum(r[k] for r in parts) for k in ("ll0", "lln0", "ll1", "lln1")]
-        out[name] = {
-            "ks_statistic": K.ks_merge(parts, plan.n0, plan.n1),
-            "bins0": bins0, "bins1": bins1,
-            "ll0": lls[0] / lls[1] if plan.mixture is not None and lls[1] else float("nan"),
-            "ll1": lls[2] / lls[3] if plan.mixture is not None and lls[3] else float("nan"),
-        }
-    return out
+    tables = (baseline, current)
+    with run.timed("profile"):
+        first = scan(spark, tables, columns, [K.Buckets.top()] * len(columns), profile=True, mixtures=mixtures)
+    merged = [K.merge_profiles(r) for r in first]
+    rows = (merged[0][0], merged[1][0])
+    out: dict[str, dict[str, Any]] = {}
+    refiners: dict[str, K.Refiner] = {}
+    for i, c in enumerate(columns):
+        profs = []
+        for _, st in merged:
+            st = st[i] if st is not None else np.zeros(10)
+            n = int(st[3])
+            profs.append({"null": int(st[0]), "nan": int(st[1]), "inf": int(st[2]), "finite": n,
+                          "mean": float(st[4]) if n else None, "std": math.sqrt(st[5] / n) if n else None,
+                          "min": float(st[6]) if n else None, "max": float(st[7]) if n else None,
+                          "ll": float(st[8]) / st[9] if st[9] else float("nan")})
+        out[c] = {"p0": profs[0], "p1": profs[1], "passes": 1,
+                  "ll0": profs[0]["ll"] if mixtures[i] is not None else float("nan"),
+                  "ll1": profs[1]["ll"] if mixtures[i] is not None else float("nan")}
+        counts = [sum((r["counts"] for r in _column_results(first[s], i)), np.zeros(1 << (64 - K.TOP_SHIFT), np.int64))
+                  for s in (0, 1)]
+        refiners[c] = K.Refiner(profs[0]["finite"], profs[1]["finite"], probabilities, *counts)
+    with run.timed("ks_refine"):
+        for _ in range(max_passes):
+            plans = {c: r.plan() for c, r in refiners.items()}
+            todo = [c for c, b in plans.items() if b is not None]
+            if not todo:
+                break
+            res = scan(spark, tables, todo, [plans[c] for c in todo])
+            for i, c in enumerate(todo):
+                refiners[c].apply(_column_results(res[0], i), _column_results(res[1], i))
+                out[c]["passes"] += 1
+        else:
+            raise RuntimeError(f"KS refinement did not finish in {max_passes} passes")
+    for c, ref in refiners.items():
+        p0 = out[c]["p0"]
+        inner = (quantile_edges(p0["min"], ref.quantiles(), p0["max"])[1:-1] if p0["finite"] else np.zeros(0))
+        bins0, bins1 = ref.bin_counts(inner)
+        out[c].update(ks_statistic=ref.statistic(), inner_edges=inner, bins0=bins0, bins1=bins1)
+    return rows, out
 
 
 def category_counts(baseline: DataFrame, current: DataFrame, columns: Sequence[str]) -> dict[str, tuple[dict, dict]]:
@@ -310,8 +382,6 @@ def compare(
     models: Mapping[str, ColumnModel],
     s: DriftSettings,
     run: Run,
-    *,
-    rows_per_task: int = ROWS_PER_TASK,
 ) -> list[dict[str, Any]]:
     """Drift of ``columns`` from ``baseline`` to ``current``: one result row per column (:data:`RESULT_SCHEMA`)."""
     base_df = delta.read_table(spark, baseline.path, version=baseline.version)
@@ -324,39 +394,29 @@ def compare(
     cat = [c for c in columns if kinds[c] == "categorical"]
     psi_probs = quantile_probabilities(s.bins)
 
-    with run.timed("profile"):
-        # the split points need each version's finite count; a version's row count bounds it
-        n_base = base_df.count() if cont else 0
-        n_cur = cur_df.count() if cont else 0
-        base_split = split_probabilities(n_base, rows_per_task=rows_per_task)
-        cur_split = split_probabilities(n_cur, rows_per_task=rows_per_task)
-        rows0, prof0 = profile(base_df, cont, cat, relative_error=s.relative_error,
-                               probabilities={c: sorted({*psi_probs, *base_split}) for c in cont})
-        rows1, prof1 = profile(cur_df, cont, cat, relative_error=s.relative_error,
-                               probabilities={c: cur_split for c in cont} if len(cur_split) else {})
-
     results: dict[str, dict[str, Any]] = {}
+    prof0: dict[str, dict[str, Any]] = {}
+    prof1: dict[str, dict[str, Any]] = {}
+    rows0 = rows1 = None
     if cont:
-        plans, points = [], []
+        fitted = [mixture_of(models[c]) if c in models else None for c in cont]
+        (rows0, rows1), got = continuous_pass(spark, baseline, current, cont, probabilities=psi_probs,
+                                              mixtures=fitted, run=run)
         for c in cont:
-            p0, p1 = prof0[c], prof1[c]
-            q0 = dict(zip(sorted({*psi_probs, *base_split}), p0["quantiles"], strict=False))
-            fitted = mixture_of(models[c]) if c in models else None
-            # tokenize's edges (exact min and max, duplicates collapsed); the outer bins are open
-            inner = (quantile_edges(p0["min"], [q0[p] for p in psi_probs], p0["max"])[1:-1]
-                     if p0["finite"] else np.zeros(0))
-            plans.append(K.ColumnPlan(
-                n0=int(p0["finite"]), n1=int(p1["finite"]), inner_edges=inner,
-                mixture=fitted[0] if fitted else None, specials=fitted[1] if fitted else ()))
-            points.append(np.unique(np.r_[[q0[p] for p in base_split], p1["quantiles"]]).astype(np.float64))
-        with run.timed("sorted_pass"):
-            results.update(sorted_pass(base_df, cur_df, cont, plans, points))
-        for c, plan in zip(cont, plans, strict=True):
-            r = results[c]
+            r = results[c] = got[c]
+            prof0[c], prof1[c] = r["p0"], r["p1"]
             r["psi"] = K.psi(r["bins0"], r["bins1"])
-            r["n_bins"] = plan.inner_edges.size + 1
-            r["ks_pvalue"] = K.ks_pvalue(r["ks_statistic"], plan.n0, plan.n1)
-            r["edges"] = plan.inner_edges
+            r["n_bins"] = r["inner_edges"].size + 1
+            r["ks_pvalue"] = K.ks_pvalue(r["ks_statistic"], r["p0"]["finite"], r["p1"]["finite"])
+            r["edges"] = r["inner_edges"]
+            run.details.setdefault("ks_passes", {})[c] = r["passes"]
+    if cat:
+        with run.timed("profile_categories"):
+            n0, cprof0 = profile(base_df, [], cat, relative_error=s.relative_error, probabilities={})
+            n1, cprof1 = profile(cur_df, [], cat, relative_error=s.relative_error, probabilities={})
+        prof0.update(cprof0)
+        prof1.update(cprof1)
+        rows0, rows1 = n0, n1
     if cat:
         with run.timed("categories"):
             counts = category_counts(base_df, cur_df, cat)
