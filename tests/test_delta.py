@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -189,13 +190,20 @@ _SPARK_WRITER = textwrap.dedent(
 )
 
 
+_CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_LOCAL_REMOTE", "SPARK_REMOTE", "SPARK_CONNECT_AUTHENTICATE_TOKEN")
+
+
 def test_sigkill_mid_write_leaves_previous_version(spark, tmp_path):
     path = str(tmp_path / "t")
     first = spark.range(0, 1000).selectExpr("id AS _row_id", "rand(1) AS value", "id % 3 AS g")
     delta.write_table(first, path, mode="overwrite")
     committed = {Path(p).name for p in deltalake.DeltaTable(path).file_uris()}
 
-    env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    # The writer is a classic local session of its own: under the Connect tier this process's
+    # environment carries pyspark's Connect state (SPARK_CONNECT_MODE_ENABLED, SPARK_LOCAL_REMOTE, ...),
+    # with which the child's builder would refuse to start (CONNECT_URL_NOT_SET).
+    env = {k: v for k, v in os.environ.items() if k not in _CONNECT_ENV}
+    env.update(PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     proc = subprocess.Popen(
         [sys.executable, "-c", _SPARK_WRITER, path],
         env=env,
@@ -215,7 +223,8 @@ def test_sigkill_mid_write_leaves_previous_version(spark, tmp_path):
             pytest.fail("the writer wrote no file in 120 s")
         time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # a writer that died early: its assertion shows
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert b"COMMITTED" not in proc.stdout.read()
 
