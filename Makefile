@@ -42,7 +42,8 @@ run: java jars
 # PYTEST_ARGS only the first tier runs, with those arguments.
 #   1. the whole suite on delta-rs (a session without the Delta jars);
 #   2. native Delta (the fetched jars): the Delta layer, every job on both backends
-#      (tests/test_backends.py compares their tables) and the spark-submit sessions;
+#      (tests/test_backends.py compares their tables), the spark-submit sessions and the
+#      notebooks top to bottom;
 #   3. Spark Connect (remote("local[2]") with the jars, its server on a free port, see
 #      tests/conftest.py): every job on both backends, the Delta layer, the cross-engine tests.
 # Time on the shared 2-core machine: tier 1 about 430 s, tier 2 about 440 s, tier 3 490 s
@@ -53,7 +54,8 @@ test: java jars
 	$(if $(PYTEST_ARGS),,$(PY) -m pytest $(NATIVE_TESTS))
 	$(if $(PYTEST_ARGS),,PIPELINES_SPARK_CONNECT=1 $(PY) -m pytest $(CONNECT_TESTS))
 
-NATIVE_TESTS = tests/test_delta.py tests/test_delta_engines.py tests/test_backends.py tests/test_spark_submit.py
+NATIVE_TESTS = tests/test_delta.py tests/test_delta_engines.py tests/test_backends.py tests/test_spark_submit.py \
+               tests/test_pipeline.py::test_notebooks_run_top_to_bottom
 CONNECT_TESTS = tests/test_backends.py tests/test_delta.py tests/test_delta_engines.py
 
 test-native: java jars
