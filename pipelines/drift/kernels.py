@@ -206,7 +206,7 @@ class BucketScan:
 
 
 def merge_bucket_results(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Two tasks' :meth:`BucketScan.result` as one (the driver folds the tasks as they arrive).
+    """Two tasks' :meth:`BucketScan.result` as one (the driver folds the tasks in file order).
 
     A probed leaf whose distinct values over the tasks exceed ``COLLECT_ROWS`` overflows
     here, so what the driver holds stays bounded however many files the table has.

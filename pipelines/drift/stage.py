@@ -236,20 +236,34 @@ def scan(
                     data, error = None, f"{unit.label()}: {type(exc).__name__}: {exc}"
                 yield pa.RecordBatch.from_pylist([{"task": index, "error": error, "data": data}], schema=_SCAN_SCHEMA)
 
-    # one small row per file, in file order (toLocalIterator: one partition at a time), folded as it arrives
-    rows = (spark.range(0, len(tasks), numPartitions=len(tasks))
-            .mapInArrow(run_tasks, "task int, error string, data binary").toLocalIterator())
+    # One small row per file, folded on the driver in file order, so the result does not depend
+    # on the partitioning. The files run as Spark jobs of `chunk` tasks each: every job runs its
+    # files in parallel (toLocalIterator would run one partition, i.e. one file, at a time), and
+    # the driver holds at most one job's rows, whatever the number of files.
+    chunk = _chunk_tasks(spark)
     out: list[dict[str, np.ndarray] | None] = [None for _ in tables]
     failed = []
-    for r in rows:
-        if r["error"]:
-            failed.append(r["error"])
-            continue
-        sample = tasks[r["task"]][0]
-        out[sample] = K.merge_task_results(out[sample], _decode(r["data"]))
+    for start in range(0, len(tasks), chunk):
+        end = min(start + chunk, len(tasks))
+        rows = (spark.range(start, end, numPartitions=end - start)
+                .mapInArrow(run_tasks, "task int, error string, data binary").collect())
+        for r in sorted(rows, key=lambda r: r["task"]):
+            if r["error"]:
+                failed.append(r["error"])
+                continue
+            sample = tasks[r["task"]][0]
+            out[sample] = K.merge_task_results(out[sample], _decode(r["data"]))
     if failed:
         raise RuntimeError(failed[0] + (f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""))
     return [[] if o is None else [o] for o in out]
+
+
+def _chunk_tasks(spark: SparkSession) -> int:
+    """Files per Spark job of :func:`scan`: at least 64, and twice the session's parallelism."""
+    try:
+        return max(64, 2 * int(spark.sparkContext.defaultParallelism))
+    except Exception:  # Spark Connect: no SparkContext on the client
+        return 64
 
 
 _SCAN_SCHEMA = pa.schema([("task", pa.int32()), ("error", pa.string()), ("data", pa.binary())])
