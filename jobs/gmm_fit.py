@@ -2,7 +2,8 @@
 
     spark-submit jobs/gmm_fit.py --input TABLE --columns a,b [--categorical c] [--mixed 'd=0,-1;e=0']
         --fit-dir DIR [--max-components 10] [--weight-threshold 0.005] [--prune-tolerance 0.001]
-        [--selection bic|none] [--mode mle|bayesian] [--backend summary|spark-ml] [--seed N]
+        [--selection bic|none] [--coverage-tolerance 1e-5] [--coverage-min-rows 5]
+        [--mode mle|bayesian] [--backend summary|spark-ml] [--seed N]
         [--only a,b | --only-drifted DRIFT_DIR] [--refine-iterations N] [--config FILE]
 
 Writes <fit-dir>/models and <fit-dir>/fit_status (Delta, partitioned by column). A re-run
@@ -31,6 +32,10 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--prune-tolerance", dest="prune_tolerance", type=float,
                    help="nats/row a Gaussian under the weight threshold may cost and still be dropped")
     p.add_argument("--selection", choices=["bic", "none"], help="BIC model selection on the summary (default bic)")
+    p.add_argument("--coverage-tolerance", dest="coverage_tolerance", type=float,
+                   help="share of finite rows that may stay outside every kept Gaussian before one is added (1: never)")
+    p.add_argument("--coverage-min-rows", dest="coverage_min_rows", type=int,
+                   help="fewest rows an added Gaussian may cover")
     p.add_argument("--mode", choices=["mle", "bayesian"])
     p.add_argument("--backend", choices=["summary", "spark-ml"])
     p.add_argument("--seed", type=int)

@@ -115,6 +115,9 @@ class GmmFitSettings(_Section):
     # a Gaussian under weight_threshold is dropped only if that costs < this many nats/row (inf: weight only)
     prune_tolerance: float = Field(1e-3, ge=0.0)
     selection: Literal["bic", "none"] = "bic"  # also drop Gaussians whose 3 parameters BIC does not pay for
+    # share of a column's finite rows that may be left to values no kept Gaussian represents (1: add none)
+    coverage_tolerance: float = Field(1e-5, ge=0.0, le=1.0)
+    coverage_min_rows: int = Field(5, ge=1)  # fewest rows an added Gaussian may cover
     mode: Literal["mle", "bayesian"] = "mle"
     backend: Literal["summary", "spark-ml"] = "summary"
     seed: int = 42

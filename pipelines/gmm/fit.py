@@ -565,7 +565,9 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
                 try:
                     model = build_model(summary, mixtures.get(c), weight_threshold=s.weight_threshold,
                                         settings={**settings, "source_type": types[c]},
-                                        prune_tolerance=s.prune_tolerance, selection=s.selection)
+                                        prune_tolerance=s.prune_tolerance, selection=s.selection,
+                                        coverage_tolerance=s.coverage_tolerance,
+                                        coverage_min_rows=s.coverage_min_rows)
                     _replace_column(s.fit_dir, MODELS, model.to_arrow(), c)
                 except Exception as exc:
                     errors[c] = f"{type(exc).__name__}: {exc}"

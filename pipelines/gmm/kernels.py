@@ -54,10 +54,8 @@ import numpy as np
 import polars as pl
 
 from pipelines.columns import ROW_ID
-from pipelines.gmm.model import ColumnModel
+from pipelines.gmm.model import CLIP, STD_MULTIPLIER, ColumnModel
 
-STD_MULTIPLIER = 4.0  # RDT's ClusterBasedNormalizer.STD_MULTIPLIER
-CLIP = 0.99  # forward clip of the normalised value
 INVERSE_CLIP = 1.0  # RDT clips generated z to [-1, 1] before inverting
 PROB_EPS = 1e-6  # CTGAN/RDT add this to every kept mode's probability before sampling
 

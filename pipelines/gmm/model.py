@@ -64,6 +64,8 @@ MODEL_SCHEMA = pa.schema(
 # STD_FLOOR_REL * |mean|) instead of 0, so (x - mean) / (4 std) stays finite.
 STD_FLOOR_ABS = 1e-6
 STD_FLOOR_REL = 1e-9
+STD_MULTIPLIER = 4.0  # RDT's ClusterBasedNormalizer.STD_MULTIPLIER: z = (x - mu) / (4 sigma)
+CLIP = 0.99  # forward clip of z: a Gaussian represents x when |x - mu| / (4 sigma) <= CLIP
 
 
 def std_floor(mean: float) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from pipelines.gmm.em import Mixture, density_of, e_step, fit_mixture, selection_frequencies
-from pipelines.gmm.model import ColumnModel, Mode, std_floor
+from pipelines.gmm.model import CLIP, STD_MULTIPLIER, ColumnModel, Mode, std_floor
 from pipelines.gmm.summary import ColumnSummary
 
 # On a summary an EM iteration costs ~0.5 ms whatever the row count, so both modes run far
@@ -40,6 +40,21 @@ INITS = ("kmeans", "random", "sample")
 # distance column, 0.2 % of rows) costs ~0.5 nats/row when dropped, a redundant one ~1e-6.
 PRUNE_TOLERANCE = 1e-3
 SELECTIONS = ("bic", "none")
+_LOG_2PI = float(np.log(2 * np.pi))
+# Coverage (see cover): a value no kept Gaussian represents within CLIP x 4 std is clipped by
+# the transform and cannot be inverted. When more than COVERAGE_TOLERANCE of a column's finite
+# rows are such values, a Gaussian is added for the largest run of them, if it holds at least
+# COVERAGE_MIN_ROWS rows (fewer would be a mode that memorises single rows), at most
+# COVERAGE_MAX_MODES times. On the flights distance column the 8 flights of the 3,370-mile
+# Newark-Anchorage route lie between the 2,499 +- 62 and 4,973 +- 10 modes: 2.4e-5 of the rows.
+COVERAGE_TOLERANCE = 1e-5
+COVERAGE_MIN_ROWS = 5
+COVERAGE_MAX_MODES = 2
+# Only values at least this many std from every kept Gaussian seed an added one: nearer
+# uncovered values are a Gaussian's own tails (beyond 6 std: 2e-9 of its rows). A coarse
+# summary point counts from its near edge (mean - 3 x its within-bin std): an end bin that
+# pools a mode's tail with one outlier is not far.
+COVERAGE_FAR_Z = 6.0
 
 
 def value_resolution(summary: ColumnSummary) -> float:
@@ -233,6 +248,149 @@ def prune(
     return Pruning(kept=kept, cost=cost, reason=tuple(reason))
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """The Gaussians :func:`cover` adds, and the rows left uncovered.
+
+    Attributes
+    ----------
+    weights, means, stds : ndarray of shape (a,)
+        The added Gaussians; ``weights`` are their shares of the final mixture (the kept
+        Gaussians share ``1 - weights.sum()``).
+    rows : ndarray of shape (a,)
+        Rows of the summary each added Gaussian covers.
+    uncovered : float
+        Rows of the summary no kept or added Gaussian represents.
+    """
+
+    weights: np.ndarray
+    means: np.ndarray
+    stds: np.ndarray
+    rows: np.ndarray
+    uncovered: float
+
+
+def _uncovered(values: np.ndarray, means: np.ndarray, stds: np.ndarray) -> np.ndarray:
+    """Summary points no Gaussian represents: ``|x - mu| / (4 sigma) > CLIP`` for every one."""
+    z = np.abs(values[:, None] - means[None, :]) / (STD_MULTIPLIER * stds)[None, :]
+    return ~(z <= CLIP).any(axis=1)
+
+
+def _runs(idx: np.ndarray) -> list[np.ndarray]:
+    """Maximal runs of consecutive integers in sorted ``idx``."""
+    if idx.size == 0:
+        return []
+    return np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+
+
+def _candidates(runs: list[np.ndarray], budget: int) -> np.ndarray:
+    """(start, stop) summary positions of the sub-runs :func:`cover` scores: every one when
+    they fit ``budget``, else those up to a length that fits, plus each whole run."""
+    lengths = np.array([r.size for r in runs])
+    longest = int(lengths.max())
+    while longest > 1 and sum(int(min(L, longest) * (2 * L - min(L, longest) + 1) // 2) for L in lengths) > budget:
+        longest //= 2
+    out = []
+    for r in runs:
+        for size in range(1, min(r.size, longest) + 1):
+            out += [(r[i], r[i] + size) for i in range(r.size - size + 1)]
+        if r.size > longest:
+            out.append((r[0], r[-1] + 1))
+    return np.array(out, dtype=np.int64)
+
+
+def cover(
+    summary: ColumnSummary,
+    weights: np.ndarray,
+    means: np.ndarray,
+    stds: np.ndarray,
+    *,
+    tolerance: float = COVERAGE_TOLERANCE,
+    min_rows: int = COVERAGE_MIN_ROWS,
+    max_modes: int = COVERAGE_MAX_MODES,
+) -> Coverage:
+    """Gaussians for the values the kept Gaussians leave uncovered, measured on the summary.
+
+    A summary point is uncovered when no Gaussian represents its value within
+    ``CLIP x 4 std``: the transform clips such a row and the inverse cannot restore it.
+    While the uncovered rows exceed ``tolerance`` of the summary's rows, every run of
+    consecutive *far* points (value order; at least :data:`COVERAGE_FAR_Z` std from every
+    Gaussian, measured from the point's near edge, so not a Gaussian's own tail) with at least ``min_rows`` rows is a candidate
+    Gaussian: the run's pooled mean and variance (within-bin variances included), std
+    floored like any other, weight its share of rows (the others scaled to make room).
+    The candidate that raises the mean log-likelihood per row most is added if that gain
+    pays its BIC price (3 parameters, ``1.5 ln(n) / n`` per row), at most ``max_modes``
+    times; EM does not move it afterwards. So a cluster of far values that the fitted
+    components missed (a few routes between two distance modes) gets a mode, while the
+    thin tails of a Gaussian, which its own component explains better than a tiny extra
+    one would, do not, and neither does a lone outlier (fewer than ``min_rows`` rows).
+
+    Parameters
+    ----------
+    summary : ColumnSummary
+    weights, means, stds : ndarray of shape (k,)
+        The kept Gaussians (weights are renormalised).
+    tolerance : float, default=:data:`COVERAGE_TOLERANCE`
+        Share of the summary's rows that may stay uncovered; 1 adds nothing.
+    min_rows : int, default=:data:`COVERAGE_MIN_ROWS`
+    max_modes : int, default=:data:`COVERAGE_MAX_MODES`
+
+    Returns
+    -------
+    Coverage
+    """
+    x, c, v = summary.values, summary.counts.astype(np.float64), summary.variances
+    n = float(c.sum())
+    w = np.asarray(weights, np.float64) / np.sum(weights)
+    m, s = np.asarray(means, np.float64), np.asarray(stds, np.float64)
+    added: list[tuple[float, float, float, float]] = []  # weight, mean, std, rows
+    out = _uncovered(x, m, s) if x.size else np.zeros(0, bool)
+    if n <= 0:
+        return Coverage(*(np.zeros(0),) * 4, uncovered=0.0)
+    penalty = 1.5 * np.log(n) / n
+    floor = np.sqrt(resolution_variance(summary))
+    # prefix sums: pooled moments of any run of points in O(1)
+    cs = np.r_[0.0, np.cumsum(c)]
+    cx = np.r_[0.0, np.cumsum(c * x)]
+    cxx = np.r_[0.0, np.cumsum(c * (v + x * x))]
+    while c[out].sum() > tolerance * n and len(added) < max_modes:
+        unc = np.flatnonzero(out)
+        z = ((np.abs(x[unc][:, None] - m[None, :]) - 3 * np.sqrt(v[unc])[:, None]) / s[None, :]).min(axis=1)
+        runs = _runs(unc[z >= COVERAGE_FAR_Z])
+        if not runs:
+            break
+        cand = _candidates(runs, budget=max(1, 4_000_000 // max(1, unc.size)))
+        rows = cs[cand[:, 1]] - cs[cand[:, 0]]
+        cand, rows = cand[rows >= min_rows], rows[rows >= min_rows]
+        if rows.size == 0:
+            break
+        mu = (cx[cand[:, 1]] - cx[cand[:, 0]]) / rows
+        var = np.maximum((cxx[cand[:, 1]] - cxx[cand[:, 0]]) / rows - mu * mu, 0.0)
+        sd = np.maximum(np.sqrt(var), np.maximum([std_floor(u) for u in mu], floor))
+        wn = rows / n
+        # each candidate's gain: exact on the uncovered points, log(1 - wn) on the others
+        # (their density under the new Gaussian, far from it, is left out: a lower bound)
+        ll, _ = e_step(x[unc], v[unc], density_of(Mixture(weights=w, means=m, stds=s)))
+        with np.errstate(divide="ignore"):
+            a = np.log(wn) - 0.5 * (_LOG_2PI + 2 * np.log(sd))
+            new = a[:, None] - 0.5 * ((x[unc][None, :] - mu[:, None]) ** 2 + v[unc][None, :]) / (sd * sd)[:, None]
+            kept_part = ll[None, :] + np.log1p(-wn)[:, None]
+        gain = (c[unc] * (np.logaddexp(kept_part, new) - ll)).sum(axis=1) + (n - c[unc].sum()) * np.log1p(-wn)
+        best = int(np.argmax(gain))  # first of equals: deterministic
+        w2 = np.r_[w * (1.0 - wn[best]), wn[best]]
+        m2, s2 = np.r_[m, mu[best]], np.r_[s, sd[best]]
+        exact = _mean_log_likelihood(summary, w2, m2, s2) - _mean_log_likelihood(summary, w, m, s)
+        if not exact > penalty:
+            break
+        added.append((float(wn[best]), float(mu[best]), float(sd[best]), float(rows[best])))
+        w, m, s = w2, m2, s2
+        out = _uncovered(x, m, s)
+    cols = [np.array(col) for col in zip(*added, strict=True)] if added else [np.zeros(0)] * 4
+    # each added weight as a share of the final mixture: later additions scaled it down
+    shares = w[len(w) - len(added):] if added else np.zeros(0)
+    return Coverage(weights=shares, means=cols[1], stds=cols[2], rows=cols[3], uncovered=float(c[out].sum()))
+
+
 def build_model(
     summary: ColumnSummary,
     mixture: Mixture | None,
@@ -241,13 +399,18 @@ def build_model(
     settings: Mapping[str, Any],
     prune_tolerance: float = PRUNE_TOLERANCE,
     selection: str = "bic",
+    coverage_tolerance: float = COVERAGE_TOLERANCE,
+    coverage_min_rows: int = COVERAGE_MIN_ROWS,
 ) -> ColumnModel:
     """The :class:`ColumnModel` of a column from its summary and (numeric columns) its mixture.
 
     Continuous and mixed columns: Gaussians are ordered by mean (their ``component``
     index) and pruned by :func:`prune` (``weight_threshold`` first, then the likelihood
     each costs; ``drop_cost`` and ``reason`` record the decision); std is floored by
-    :func:`pipelines.gmm.model.std_floor` and by :func:`resolution_variance`.
+    :func:`pipelines.gmm.model.std_floor` and by :func:`resolution_variance`. Then
+    :func:`cover` adds a Gaussian for each run of values the kept ones leave uncovered
+    (``coverage_tolerance``, ``coverage_min_rows``; ``reason`` starts with ``added``) and
+    the weights are scaled to make room for it.
     ``weight`` is a share of the column's non-null rows, so a mixed column's Gaussian
     weights add up to the share of its non-special rows. Listed special values are
     modes of their own (``kind="special"``, kept when they occur). ``frequency`` is the
@@ -280,14 +443,33 @@ def build_model(
         pruning = prune(summary, w, m, s, weight_threshold=weight_threshold, tolerance=prune_tolerance,
                         selection=selection)
         kept = pruning.kept
+        cost, reason = pruning.cost, list(pruning.reason)
+        cov = cover(summary, w[kept], m[kept], s[kept], tolerance=coverage_tolerance, min_rows=coverage_min_rows)
+        settings["uncovered_rows"] = cov.uncovered
+        if cov.weights.size:
+            # the kept Gaussians' ratios to each other stay, and to the added ones as cover() scored them
+            k_sum = float(w[kept].sum())
+            w = np.concatenate([w * (1.0 - cov.weights.sum()), cov.weights * k_sum])
+            m, s = np.concatenate([m, cov.means]), np.concatenate([s, cov.stds])
+            kept = np.concatenate([kept, np.ones(cov.weights.size, bool)])
+            full = _mean_log_likelihood(summary, w[kept], m[kept], s[kept])
+            added = [full - _mean_log_likelihood(summary, w[kept & (np.arange(w.size) != j)],
+                                                 m[kept & (np.arange(w.size) != j)], s[kept & (np.arange(w.size) != j)])
+                     for j in range(w.size - cov.weights.size, w.size)]
+            cost = np.concatenate([cost, added])
+            reason += [f"added: {int(r)} rows ({r / n_cont:.2g}) no kept Gaussian represents within "
+                       f"{CLIP:g} x {STD_MULTIPLIER:g} std; dropping it costs {d:.3g} nats/row"
+                       for r, d in zip(cov.rows, added, strict=True)]
+            order = np.argsort(m, kind="stable")
+            w, m, s, kept, cost = w[order], m[order], s[order], kept[order], cost[order]
+            reason = [reason[j] for j in order]
         freq = np.zeros(w.size)
         freq[kept] = selection_frequencies(summary.values, summary.counts, w[kept], m[kept], s[kept])
         share = n_cont / n_nonnull
         modes += [
             {"kind": "gaussian", "weight": float(w[j] * share), "mean": float(m[j]), "std": float(s[j]),
              "frequency": float(freq[j] * share) if kept[j] else None, "kept": bool(kept[j]),
-             "drop_cost": None if np.isnan(pruning.cost[j]) else float(pruning.cost[j]),
-             "reason": pruning.reason[j]}
+             "drop_cost": None if np.isnan(cost[j]) else float(cost[j]), "reason": reason[j]}
             for j in range(w.size)
         ]
     frequency = np.array([md["frequency"] if md["kept"] else -1.0 for md in modes])
@@ -307,14 +489,17 @@ def pruning_report(model: ColumnModel) -> dict[str, Any]:
     threshold = model.settings.get("weight_threshold") or 0.0
     # weights here are shares of non-null rows; the threshold applies to shares of the Gaussian part
     share = sum(m.weight for m in gauss) or 1.0
+    added = sum(bool(m.reason and m.reason.startswith("added")) for m in gauss)
     weight_only = sum(m.weight / share > threshold for m in gauss) or min(1, len(gauss))
     decided = [
         {"component": m.component, "mean": m.mean, "weight": m.weight, "kept": m.kept, "drop_cost": m.drop_cost,
          "reason": m.reason}
         for m in gauss if m.reason
     ]
-    return {"n_modes": model.n_modes, "n_gaussians_fitted": len(gauss), "n_gaussians_kept": sum(m.kept for m in gauss),
-            "n_gaussians_weight_only": weight_only, "pruning": decided}
+    return {"n_modes": model.n_modes, "n_gaussians_fitted": len(gauss) - added,
+            "n_gaussians_kept": sum(m.kept for m in gauss), "n_gaussians_added": added,
+            "n_gaussians_weight_only": weight_only, "uncovered_rows": model.settings.get("uncovered_rows"),
+            "pruning": decided}
 
 
 def _categorical_model(summary: ColumnSummary, settings: Mapping[str, Any]) -> ColumnModel:
