@@ -11,7 +11,7 @@ On the same data in the same run:
   pruning (``--prune-tolerance inf --selection none --coverage-tolerance 1``): kept modes per column, and the kept
   mixture's mean log-likelihood over the full column;
 - scikit-learn ``GaussianMixture(10, init_params="kmeans", max_iter=100)`` on the full column;
-- ``gmm_transform`` (Polars engine) forward with ``--sampling tail-safe`` and ``rdt``, then
+- ``gmm_transform`` (local engine) forward with ``--sampling tail-safe`` and ``rdt``, then
   the inverse: the share of finite rows reconstructed to relative error 1e-9, rows clipped
   and re-sampled, max abs error over all rows;
 - RDT ``ClusterBasedNormalizer(max_clusters=10)``: fit, transform, reverse_transform, same figures.
@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from jobs.gmm_fit import main as fit_main
     from pipelines import delta
+    from pipelines.engine import Engine
     from pipelines.gmm import transform as stage
     from pipelines.gmm.fit import load_models
     from pipelines.runs import Run
@@ -114,14 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             figs[c][f"{name}_kept_ll"] = kept_log_likelihood(model, x)
             figs[c][f"{name}_modes"] = model.n_modes
 
+    engine = Engine("local")
     for sampling in ("tail-safe", "rdt"):
         fwd, inv = str(work / f"out_{sampling}"), str(work / f"back_{sampling}")
         run = Run(job="bench", output=fwd)
-        stage.transform(None, run, fit_dir=str(work / "fit_ours"), input_path=bronze, output=fwd, engine="polars",
+        stage.transform(engine, run, fit_dir=str(work / "fit_ours"), input_path=bronze, output=fwd,
                         seed=args.seed, sampling=sampling)
         back_run = Run(job="bench", output=inv)
-        stage.inverse(None, back_run, fit_dir=str(work / "fit_ours"), input_path=f"{fwd}/transformed_values",
-                      output=inv, engine="polars")
+        stage.inverse(engine, back_run, fit_dir=str(work / "fit_ours"), input_path=f"{fwd}/transformed_values",
+                      output=inv)
         back = pl.read_delta(f"{inv}/inverted_values").sort("_row_id")
         for c in COLUMNS:
             f = run.details["columns"][c]
