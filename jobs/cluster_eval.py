@@ -2,7 +2,7 @@
 
     spark-submit jobs/cluster_eval.py [--input PATH] [--format delta|parquet|csv] [--features a,b,...]
         [--k-min 2 --k-max 10 | --k 2,3,5,8] [--scale standard|none] [--algorithm kmeans|spark-kmeans|bisecting]
-        [--max-iter 20] [--tol 1e-4] [--summary-rows 50000] [--n-init 5] [--seed 42] [--silhouette-sample 5000]
+        [--max-iter 20] [--tol 1e-4] [--summary-rows 50000] [--n-init 20] [--seed 42] [--silhouette-sample 5000]
         [--gmm] [--gap B [--gap-sample N]]
         [--keep-assignments] [--impute drop|mean] [--output DIR] [--config FILE]
 
