@@ -313,13 +313,16 @@ def cover(
 
     A summary point is uncovered when no Gaussian represents its value within
     ``CLIP x 4 std``: the transform clips such a row and the inverse cannot restore it.
-    While the uncovered rows exceed ``tolerance`` of the summary's rows, every run of
+    While the uncovered rows exceed ``tolerance`` of the summary's rows, every stretch of
     consecutive *far* points (value order; at least :data:`COVERAGE_FAR_Z` std from every
-    Gaussian, measured from the point's near edge, so not a Gaussian's own tail) with at least ``min_rows`` rows is a candidate
-    Gaussian: the run's pooled mean and variance (within-bin variances included), std
-    floored like any other, weight its share of rows (the others scaled to make room).
-    The candidate that raises the mean log-likelihood per row most is added if that gain
-    pays its BIC price (3 parameters, ``1.5 ln(n) / n`` per row), at most ``max_modes``
+    Gaussian, measured from the point's near edge, so not a Gaussian's own tail) with at
+    least ``min_rows`` rows is a candidate Gaussian: the stretch's pooled mean and variance
+    (within-bin variances included), std floored like any other, weight its share of rows
+    (the others scaled to make room). Candidates are scored by a lower bound of their gain
+    in log-likelihood (exact on the uncovered points; the covered ones only pay
+    ``log(1 - weight)``), every sub-stretch of each run while that fits a budget of
+    ~4M point evaluations, else the shorter ones and each whole run. The best is added if
+    its exact gain pays its BIC price (3 parameters, ``1.5 ln(n) / n`` per row), at most ``max_modes``
     times; EM does not move it afterwards. So a cluster of far values that the fitted
     components missed (a few routes between two distance modes) gets a mode, while the
     thin tails of a Gaussian, which its own component explains better than a tiny extra
