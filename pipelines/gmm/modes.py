@@ -43,9 +43,9 @@ SELECTIONS = ("bic", "none")
 _LOG_2PI = float(np.log(2 * np.pi))
 # Coverage (see cover): a value no kept Gaussian represents within CLIP x 4 std is clipped by
 # the transform and cannot be inverted. When more than COVERAGE_TOLERANCE of a column's finite
-# rows are such values, a Gaussian is added for the largest run of them, if it holds at least
-# COVERAGE_MIN_ROWS rows (fewer would be a mode that memorises single rows), at most
-# COVERAGE_MAX_MODES times. On the flights distance column the 8 flights of the 3,370-mile
+# rows are such values, a Gaussian is added for the stretch of far ones that gains the most
+# likelihood, if it holds at least COVERAGE_MIN_ROWS rows (fewer would be a mode that
+# memorises single rows) and pays its BIC price, at most COVERAGE_MAX_MODES times. On the flights distance column the 8 flights of the 3,370-mile
 # Newark-Anchorage route lie between the 2,499 +- 62 and 4,973 +- 10 modes: 2.4e-5 of the rows.
 COVERAGE_TOLERANCE = 1e-5
 COVERAGE_MIN_ROWS = 5
@@ -411,9 +411,9 @@ def build_model(
     index) and pruned by :func:`prune` (``weight_threshold`` first, then the likelihood
     each costs; ``drop_cost`` and ``reason`` record the decision); std is floored by
     :func:`pipelines.gmm.model.std_floor` and by :func:`resolution_variance`. Then
-    :func:`cover` adds a Gaussian for each run of values the kept ones leave uncovered
-    (``coverage_tolerance``, ``coverage_min_rows``; ``reason`` starts with ``added``) and
-    the weights are scaled to make room for it.
+    :func:`cover` may add Gaussians for stretches of far values the kept ones leave
+    uncovered (``coverage_tolerance``, ``coverage_min_rows``; ``reason`` starts with
+    ``added``), the other weights scaled to make room.
     ``weight`` is a share of the column's non-null rows, so a mixed column's Gaussian
     weights add up to the share of its non-special rows. Listed special values are
     modes of their own (``kind="special"``, kept when they occur). ``frequency`` is the
