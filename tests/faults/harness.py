@@ -237,10 +237,11 @@ def commands(bronze: Path, out: Path) -> dict[str, list[str]]:
 
 # Columns that differ between two correct runs (timestamps, timings, run ids, gmm_fit's count
 # of attempts at a column, which a killed run raises), and the
-# source path (it is a different folder per run): compared by file name only.
+# source and input paths (a different folder per run): compared by their last part only.
 VOLATILE = {"_ingested_at", "fit_seconds", "eval_seconds", "started_at", "finished_at", "seconds", "fit_id",
-            "run_id", "ingested_at", "mtime_ms", "attempt"}
-PATHS = ("_source_file", "path")
+            "run_id", "ingested_at", "mtime_ms", "attempt", "computed_at"}
+PATHS = ("_source_file", "path", "baseline_table", "current_table", "input_table")
+RUN_ID = r"[a-z_]+-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}"  # e.g. drift-20261202T210238Z-6b7baafc
 
 
 def comparable(spark, table: Path):
@@ -254,6 +255,8 @@ def comparable(spark, table: Path):
     for c in PATHS:
         if c in df.columns:
             df = df.withColumn(c, F.element_at(F.split(c, "/"), -1))
+    if "reason" in df.columns:  # gmm_fit names the drift run that triggered a refit
+        df = df.withColumn("reason", F.regexp_replace("reason", RUN_ID, "<run>"))
     return df
 
 
