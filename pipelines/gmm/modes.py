@@ -40,7 +40,6 @@ INITS = ("kmeans", "random", "sample")
 # distance column, 0.2 % of rows) costs ~0.5 nats/row when dropped, a redundant one ~1e-6.
 PRUNE_TOLERANCE = 1e-3
 SELECTIONS = ("bic", "none")
-_LOG_2PI = float(np.log(2 * np.pi))
 # Coverage (see cover): a value no kept Gaussian represents within CLIP x 4 std is clipped by
 # the transform and cannot be inverted. When more than COVERAGE_TOLERANCE of a column's finite
 # rows are such values, a Gaussian is added for the stretch of far ones that gains the most
@@ -374,10 +373,11 @@ def cover(
         # each candidate's gain: exact on the uncovered points, log(1 - wn) on the others
         # (their density under the new Gaussian, far from it, is left out: a lower bound)
         ll, _ = e_step(x[unc], v[unc], density_of(Mixture(weights=w, means=m, stds=s)))
+        # each candidate's weighted log density at the uncovered points (e_step's terms, per candidate)
         with np.errstate(divide="ignore"):
-            a = np.log(wn) - 0.5 * (_LOG_2PI + 2 * np.log(sd))
-            new = a[:, None] - 0.5 * ((x[unc][None, :] - mu[:, None]) ** 2 + v[unc][None, :]) / (sd * sd)[:, None]
-            kept_part = ll[None, :] + np.log1p(-wn)[:, None]
+            d = density_of(Mixture(weights=wn, means=mu, stds=sd))
+        new = d.a[:, None] - 0.5 * d.p[:, None] * ((x[unc][None, :] - d.m[:, None]) ** 2 + v[unc][None, :])
+        kept_part = ll[None, :] + np.log1p(-wn)[:, None]
         gain = (c[unc] * (np.logaddexp(kept_part, new) - ll)).sum(axis=1) + (n - c[unc].sum()) * np.log1p(-wn)
         best = int(np.argmax(gain))  # first of equals: deterministic
         w2 = np.r_[w * (1.0 - wn[best]), wn[best]]
@@ -456,9 +456,8 @@ def build_model(
             m, s = np.concatenate([m, cov.means]), np.concatenate([s, cov.stds])
             kept = np.concatenate([kept, np.ones(cov.weights.size, bool)])
             full = _mean_log_likelihood(summary, w[kept], m[kept], s[kept])
-            added = [full - _mean_log_likelihood(summary, w[kept & (np.arange(w.size) != j)],
-                                                 m[kept & (np.arange(w.size) != j)], s[kept & (np.arange(w.size) != j)])
-                     for j in range(w.size - cov.weights.size, w.size)]
+            without = [kept & (np.arange(w.size) != j) for j in range(w.size - cov.weights.size, w.size)]
+            added = [full - _mean_log_likelihood(summary, w[r], m[r], s[r]) for r in without]
             cost = np.concatenate([cost, added])
             reason += [f"added: {int(r)} rows ({r / n_cont:.2g}) no kept Gaussian represents within "
                        f"{CLIP:g} x {STD_MULTIPLIER:g} std; dropping it costs {d:.3g} nats/row"
