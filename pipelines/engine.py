@@ -34,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,7 +48,7 @@ import pyarrow.parquet as pq
 
 from pipelines import delta, fs
 from pipelines.columns import quote
-from pipelines.errors import UserError
+from pipelines.errors import DataFileError, UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -59,7 +60,7 @@ DEFAULT_BATCH_ROWS = 131_072
 # Files above this size are split into runs of row groups, so one big file still
 # spreads over several cores.
 DEFAULT_SPLIT_BYTES = 256 << 20
-_RESULT_DDL = "unit INT, error STRING, user_error BOOLEAN, files STRING, partial BINARY, rows BIGINT, polars_threads INT"
+_RESULT_DDL = "unit INT, error STRING, user_error BOOLEAN, read_error BOOLEAN, files STRING, partial BINARY, rows BIGINT, polars_threads INT"
 
 
 def engine_name(name: str) -> EngineName:
@@ -190,10 +191,13 @@ def _read_unit(unit: Unit, schema: pa.Schema, columns: Sequence[str] | None, bat
     """The unit's rows, batch by batch, with the table's types and its partition columns."""
     wanted = [schema.field(c) for c in (columns or schema.names)]
     partition = dict(unit.partition_values)
-    handle = pq.ParquetFile(unit.file)
+    try:
+        handle = pq.ParquetFile(unit.file)
+    except (pa.ArrowException, OSError) as exc:
+        raise _unreadable(unit, exc) from None
     in_file = set(handle.schema_arrow.names)
     stored = [f.name for f in wanted if f.name in in_file and f.name not in partition]
-    for batch in handle.iter_batches(batch_size=batch_rows, row_groups=unit.row_groups, columns=stored):
+    for batch in _batches(unit, handle.iter_batches(batch_size=batch_rows, row_groups=unit.row_groups, columns=stored)):
         n = batch.num_rows
         if not n:
             continue
@@ -206,6 +210,24 @@ def _read_unit(unit: Unit, schema: pa.Schema, columns: Sequence[str] | None, bat
             else:  # a file written before the column was added reads it as null
                 arrays.append(pa.nulls(n, f.type))
         yield pl.from_arrow(pa.RecordBatch.from_arrays(arrays, schema=pa.schema(wanted)))
+
+
+def _batches(unit: Unit, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches``, with a failed read of the file turned into :class:`DataFileError`."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except (pa.ArrowException, OSError) as exc:
+            raise _unreadable(unit, exc) from None
+        yield batch
+
+
+def _unreadable(unit: Unit, exc: BaseException) -> DataFileError:
+    """The one line a job prints for a data file it cannot read (as for Spark's own reads)."""
+    path = re.sub(r"^file:(//)?", "", unit.file)
+    return DataFileError(f"{path}: cannot read this data file ({type(exc).__name__}: {' '.join(str(exc).split())})")
 
 
 # --------------------------------------------------------------------------- what a task does
@@ -255,6 +277,7 @@ class _Result:
     unit: int
     error: str | None = None
     user_error: bool = False
+    read_error: bool = False  # the unit's data file could not be read (an I/O fault)
     files: list[list[str]] = field(default_factory=list)
     partial: Any = None
     rows: int = 0
@@ -351,8 +374,14 @@ def _run_task(task: _Task, index: int) -> _Result:
     except Exception as exc:
         for w in writers:
             w.abort()
-        result.error = f"{unit.label()}: {exc}" if isinstance(exc, UserError) else f"{unit.label()}: {type(exc).__name__}: {exc}"
+        if isinstance(exc, DataFileError):  # already names the file
+            result.error = str(exc)
+        elif isinstance(exc, UserError):
+            result.error = f"{unit.label()}: {exc}"
+        else:
+            result.error = f"{unit.label()}: {type(exc).__name__}: {exc}"
         result.user_error = isinstance(exc, UserError)
+        result.read_error = isinstance(exc, DataFileError)
         result.files, result.partial = [], None
     return result
 
@@ -431,6 +460,8 @@ class Engine:
         ------
         UserError
             A kernel raised a UserError (the message names the file).
+        DataFileError
+            A data file of the source could not be read (the message names it).
         RuntimeError
             A kernel raised anything else (the message names the file). Nothing is committed.
         """
@@ -505,6 +536,8 @@ class Engine:
             more = f" (and {len(failed) - 1} more file(s))" if len(failed) > 1 else ""
             if first.user_error:
                 raise UserError(first.error + more)
+            if first.read_error:
+                raise DataFileError(first.error + more)
             raise RuntimeError(first.error + more)
         return results
 
@@ -521,14 +554,14 @@ class Engine:
                     with _blas_limit(cpus):
                         r = _run_task(task, index)
                     yield pa.RecordBatch.from_pylist([{
-                        "unit": r.unit, "error": r.error, "user_error": r.user_error, "files": json.dumps(r.files),
+                        "unit": r.unit, "error": r.error, "user_error": r.user_error, "read_error": r.read_error, "files": json.dumps(r.files),
                         "partial": _encode_partial(r.partial), "rows": r.rows, "polars_threads": r.polars_threads,
                     }], schema=_result_arrow_schema())
 
         rows = spark.range(0, n, numPartitions=n).mapInArrow(run, _RESULT_DDL).collect()  # one small row per unit
         return sorted(
-            (_Result(r["unit"], r["error"], bool(r["user_error"]), json.loads(r["files"]), _decode_partial(r["partial"]),
-                     int(r["rows"]), int(r["polars_threads"])) for r in rows),
+            (_Result(r["unit"], r["error"], bool(r["user_error"]), bool(r["read_error"]), json.loads(r["files"]),
+                     _decode_partial(r["partial"]), int(r["rows"]), int(r["polars_threads"])) for r in rows),
             key=lambda r: r.unit,
         )
 
@@ -562,7 +595,8 @@ class Engine:
 
 
 def _result_arrow_schema() -> pa.Schema:
-    return pa.schema([("unit", pa.int32()), ("error", pa.string()), ("user_error", pa.bool_()), ("files", pa.string()),
+    return pa.schema([("unit", pa.int32()), ("error", pa.string()), ("user_error", pa.bool_()), ("read_error", pa.bool_()),
+                      ("files", pa.string()),
                       ("partial", pa.binary()), ("rows", pa.int64()), ("polars_threads", pa.int32())])
 
 

@@ -18,6 +18,14 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class DataFileError(Exception):
+    """A committed data file of a table cannot be read (corrupt, truncated, vanished).
+
+    An I/O fault, not bad input: a storage read that failed looks the same. Jobs print the
+    one-line message (it names the file) and exit 1, without a traceback.
+    """
+
+
 class ConflictError(UserError):
     """Another run holds the same output (a lock, or a concurrent Delta commit): nothing of
     this run was committed over it, and running again later is safe. Exit code 1."""

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines import delta
 from pipelines.engine import Engine, Reducer, Sink, arrow_schema, source
-from pipelines.errors import UserError
+from pipelines.errors import DataFileError, UserError
 
 N = 10_000
 
@@ -118,6 +118,23 @@ def test_a_kernel_error_fails_naming_the_file_and_commits_nothing(engine, table,
     assert str(info.value).startswith(f"{bad[0]}: ") and "(and 1 more file(s))" in str(info.value)
     assert delta.table_version(out) == 0 and delta._open(out).file_uris() == before
     assert sorted(str(p) for p in (tmp_path / "out").rglob("*.parquet")) == sorted(before), "failed tasks left files"
+
+
+def test_an_unreadable_data_file_is_a_data_file_error_naming_it(engine, table, tmp_path):
+    """A committed file overwritten with random bytes: one line naming the file (exit 1 in a job),
+    not a kernel's RuntimeError with its traceback; nothing is committed."""
+    from pipelines.runs import read_fault
+
+    victim = source(table).units[2].file.removeprefix("file://")
+    size = os.path.getsize(victim)
+    with open(victim, "wb") as handle:
+        handle.write(np.random.default_rng(0).bytes(size))
+    with pytest.raises(DataFileError) as info:
+        engine.map(table, _double, [Sink(str(tmp_path / "out"), OUT_SCHEMA)])
+    line = read_fault(info.value)
+    assert line == str(info.value) and "\n" not in line
+    assert line.startswith(f"{victim}: cannot read this data file (Arrow")
+    assert not delta.table_exists(str(tmp_path / "out"))
 
 
 def test_a_user_error_in_a_kernel_stays_a_user_error(engine, table, tmp_path):
