@@ -249,7 +249,7 @@ def _open(path: str, version: int | None = None):
         if not table_exists(path):
             raise UserError(f"{path}: not a Delta table (no _delta_log)") from None
         at = f" at version {version}" if version is not None else ""
-        raise UserError(f"{path}: cannot open Delta table{at}: {_bad_log_file(uri) or _without_backtrace(exc)}") from None
+        raise UserError(f"{path}: cannot open Delta table{at}: {bad_log_file(uri) or _without_backtrace(exc)}") from None
 
 
 def _without_backtrace(exc: BaseException) -> str:
@@ -257,7 +257,7 @@ def _without_backtrace(exc: BaseException) -> str:
     return re.split(r"\n\s*(?:Stack backtrace:\s*)?0: ", str(exc), maxsplit=1)[0].strip()
 
 
-def _bad_log_file(uri: str) -> str | None:
+def bad_log_file(uri: str) -> str | None:
     """``<commit file>: line N is not valid JSON`` for the first unreadable commit of a local log."""
     if fs.is_remote(uri):
         return None
@@ -383,7 +383,14 @@ def read_table(spark: SparkSession, path: str, *, version: int | None = None) ->
         reader = spark.read.format("delta")
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        return reader.load(path)
+        try:
+            return reader.load(path)
+        except Exception:
+            # A damaged commit (cut short, or edited under its Hadoop .crc): one line naming it
+            bad = bad_log_file(_uri(path))
+            if bad is None:
+                raise
+            raise UserError(f"{path}: cannot open Delta table: {bad}") from None
 
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
@@ -950,8 +957,10 @@ def _write_spark_parquet(
     spark = df.sparkSession
     key = "spark.sql.parquet.outputTimestampType"
     saved = spark.conf.get(key, None)
-    # Delta stores timestamps as INT64 microseconds; Spark's default would be INT96.
-    spark.conf.set(key, "TIMESTAMP_MICROS")
+    # Delta stores timestamps as INT64 microseconds; Spark's default would be INT96. The
+    # jobs' sessions already say so (get_spark), so concurrent writes never touch the conf.
+    if saved != "TIMESTAMP_MICROS":
+        spark.conf.set(key, "TIMESTAMP_MICROS")
     try:
         try:
             # "error", not "errorifexists": the Spark Connect client accepts only the former.

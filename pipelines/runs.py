@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pipelines import delta, fs, tracking
-from pipelines.errors import UserError
+from pipelines.errors import DataFileError, UserError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -72,6 +72,8 @@ def read_fault(exc: BaseException) -> str | None:
     failed, so it exits 1 (a failure), with the file and the deepest cause instead of the
     Java and Python traces.
     """
+    if isinstance(exc, DataFileError):  # the engine's own read of a unit's file
+        return str(exc)
     text = str(exc)
     match = _FAILED_READ.search(text)
     if match is None:
@@ -79,6 +81,26 @@ def read_fault(exc: BaseException) -> str | None:
     causes = _CAUSE.findall(text)
     why = f" ({causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()})" if causes else ""
     return f"{re.sub(r'^file:(//)?', '', match.group(1))}: cannot read this data file{why}"
+
+
+def log_fault(exc: BaseException) -> str | None:
+    """One line naming a damaged commit of a table's ``_delta_log`` that Spark's Delta could not
+    read (cut short, or edited so its Hadoop ``.crc`` no longer matches), else None.
+
+    Bad input, as delta-rs reports it: the table's log is not a valid Delta log (exit 2).
+    """
+    if isinstance(exc, DataFileError):
+        return None
+    match = _FAILED_READ.search(str(exc))
+    if match is None:
+        return None
+    path = re.sub(r"^file:(//)?", "", match.group(1))
+    if "/_delta_log/" not in path:
+        return None
+    table = path.split("/_delta_log/", 1)[0]
+    causes = _CAUSE.findall(str(exc))
+    why = f"{causes[-1][0].rsplit('.', 1)[-1]}: {causes[-1][1].strip()}" if causes else "unreadable"
+    return f"{table}: cannot open Delta table: {delta.bad_log_file(table) or f'{path}: {why}'}"
 
 
 def new_run_id(job: str) -> str:
@@ -215,7 +237,8 @@ def add_engine_flag(parser: argparse.ArgumentParser) -> None:
                         help="who runs the per-file tasks: spark (default) or local threads without Spark (alias polars)")
 
 
-def finish(run: Run, stage: Callable[[], None], *, report: Callable[[], Any] | None = None) -> tuple[int, dict[str, Any]]:
+def finish(run: Run, stage: Callable[[], None], *, report: Callable[[], Any] | None = None,
+           echo: bool = True) -> tuple[int, dict[str, Any]]:
     """Run ``stage()``, set ``run``'s status and error, write its summary; return the exit code and summary.
 
     ``report`` (e.g. MLflow tracking) runs after the status is known and before the
@@ -223,19 +246,27 @@ def finish(run: Run, stage: Callable[[], None], *, report: Callable[[], Any] | N
 
     A :class:`UserError` fails the run with its exit code (2; 1 for a conflict) and its
     one-line message; a data file Spark cannot read is one line naming it (exit 1); any
-    other exception is a bug: its traceback is printed and the code is 1.
+    other exception is a bug: its traceback is printed and the code is 1. With ``echo=False``
+    the one-line errors are left to the caller (a pipeline stage: the pipeline prints its
+    own line naming the stage); a bug's traceback is printed either way.
     """
     try:
         stage()
         run.status = "succeeded" if run.status == "running" else run.status
         code = 0 if run.status == "succeeded" else 1
     except UserError as exc:
-        console(f"error: {exc}")
+        if echo:
+            console(f"error: {exc}")
         run.status, run.error, code = "failed", str(exc), exc.exit_code
-    except Exception as exc:  # a bug (keep the traceback) or an unreadable data file; still record the run
-        fault = read_fault(exc)
-        console(f"error: {fault}" if fault else traceback.format_exc().rstrip())
-        run.status, run.error, code = "failed", fault or f"{type(exc).__name__}: {exc}", 1
+    except Exception as exc:  # a bug (keep the traceback) or an unreadable data or log file; still record the run
+        damaged = log_fault(exc)  # bad input (exit 2), as delta-rs reports it
+        fault = damaged or read_fault(exc)  # an I/O fault (exit 1)
+        if fault is None:
+            console(traceback.format_exc().rstrip())
+        elif echo:
+            console(f"error: {fault}")
+        code = UserError.exit_code if damaged else 1
+        run.status, run.error = "failed", fault or f"{type(exc).__name__}: {exc}"
     if report is not None:
         report()
     return code, run.write_summary()

@@ -176,6 +176,22 @@ def test_reading_a_missing_table_is_a_user_error(spark, tmp_path):
         delta.read_table(spark, str(tmp_path / "nope"))
 
 
+def test_a_truncated_commit_is_one_line_naming_it(spark, tmp_path):
+    """The last commit cut in half (on native Delta its Hadoop ``.crc`` no longer matches):
+    a job ends with exit 2 and one line naming the commit file, on either backend."""
+    path = str(tmp_path / "t")
+    delta.write_table(spark.range(5).selectExpr("id AS _row_id"), path, mode="overwrite")
+    delta.write_table(spark.range(5, 8).selectExpr("id AS _row_id"), path, mode="append")
+    last = sorted((tmp_path / "t" / "_delta_log").glob("*.json"))[-1]
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    from pipelines.runs import Run, finish
+
+    run = Run(job="test", output=str(tmp_path / "unused"), record=False)
+    code, _ = finish(run, lambda: delta.read_table(spark, path).count())
+    assert code == 2 and run.status == "failed"
+    assert f"{last}: line " in run.error and "not valid JSON" in run.error and "\n" not in run.error
+
+
 _SPARK_WRITER = textwrap.dedent(
     """
     import sys
