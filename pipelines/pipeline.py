@@ -93,7 +93,8 @@ def run_pipeline(spark: SparkSession, cfg: Config, run: Run) -> None:
         label = name if i <= 5 else f"{name} (day 2)"
         run.progress(f"stage {i}/{len(plan)}: {label}")
         with run.timed(label):
-            code, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub))
+            code, summary = finish(sub, lambda stage=stage, section=section, sub=sub: stage(spark, section, sub),
+                                   echo=False)  # the pipeline's own error line names the stage
         summaries.append({k: summary[k] for k in ("job", "run_id", "status", "output", "counts", "outputs", "error")})
         run.outputs[label] = sub.output
         if sub.status != "succeeded":

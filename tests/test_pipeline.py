@@ -89,3 +89,16 @@ def test_notebooks_run_top_to_bottom(pipeline_run, monkeypatch, capsys):
     ns = runpy.run_path(str(REPO / "notebooks" / "gmm_fit_inspect.py"), run_name="__main__")
     assert set(ns["models"]) == {"amount", "score", "segment"}
     assert "Figure" in capsys.readouterr().out
+
+
+def test_a_bad_source_is_one_error_line_naming_the_stage_and_path(spark, tmp_path, capsys):
+    """The stage's error is printed once, by the pipeline, naming the stage (exit 2, as the stage's own job)."""
+    missing = tmp_path / "missing.csv"
+    code = _load_job("pipeline").main(["--source", str(missing), "--format", "csv", "--output", str(tmp_path / "o")])
+    captured = capsys.readouterr()
+    errors = [line for line in captured.err.splitlines() if "error:" in line]
+    assert code == 2
+    assert len(errors) == 1 and "stage 1/" not in errors[0], errors
+    assert "stage ingest: " in errors[0] and str(missing) in errors[0], errors
+    assert "Traceback" not in captured.err
+    assert json.loads(captured.out.strip().splitlines()[-1])["status"] == "failed"
