@@ -150,6 +150,26 @@ def is_connect(spark: SparkSession) -> bool:
     return getattr(spark, "_jvm", None) is None
 
 
+def run_side_by_side(spark: SparkSession, calls: list[tuple[Any, tuple, dict]]) -> list[Any]:
+    """Run independent Spark actions ``fn(*args, **kw)`` in threads; their results in order.
+
+    Each thread makes ``spark`` its JVM thread's active session first: a session-scoped
+    lookup (a registered Python data source, e.g. the delta-rs sink) finds only the
+    active session's, and a new thread has none. Spark Connect sessions need nothing.
+    The first failure is raised once every call has ended.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def call(fn, args, kw):
+        if not is_connect(spark):
+            spark._jvm.org.apache.spark.sql.SparkSession.setActiveSession(spark._jsparkSession)
+        return fn(*args, **kw)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(calls)), thread_name_prefix="spark-side-by-side") as pool:
+        futures = [pool.submit(call, fn, args, kw) for fn, args, kw in calls]
+    return [f.result() for f in futures]
+
+
 def _local_connect_server():
     """The SparkContext behind a local Spark Connect session (``remote("local[2]")`` runs its
     server inside this process), else ``None``."""
