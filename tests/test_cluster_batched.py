@@ -8,7 +8,7 @@ import pytest
 from sklearn import datasets, metrics
 
 from pipelines.cluster import lloyd
-from pipelines.cluster.batched import assignments, fit_all, runner, stats_of
+from pipelines.cluster.batched import assignments, fit_all, local_runner, runner, stats_of
 from pipelines.cluster.data import ROW_ID, feature_columns, select_features
 from pipelines.cluster.scores import calinski_harabasz_from_stats, davies_bouldin_from_stats
 from pipelines.config import ClusterEvalSettings
@@ -30,13 +30,18 @@ def wine():
     return (x - x.mean(axis=0)) / x.std(axis=0)
 
 
-def sweep(spark, x, partitions, *, summary_rows=50_000):
+def sweep(spark, x, partitions, *, summary_rows=50_000, local=False):
+    """The batched sweep's steps on ``x``; ``local=False`` forces Spark passes even when the
+    summary holds every row (the job would run those on the driver)."""
     settings = ClusterEvalSettings(summary_rows=summary_rows, n_init=3)
     run = Run(job="test", output="unused")
     df = frame(spark, x, partitions)
-    fitted = fit_all(df, KS, settings, run, rows=x.shape[0], key=[ROW_ID])
+    fitted = fit_all(df, KS, settings, run, rows=x.shape[0], key=[ROW_ID], local=local)
+    assert fitted.local is local
     order = sorted(fitted.fits)
-    evals = lloyd.evaluate(runner(df), [fitted.fits[k] for k in order], pivot=fitted.pivot)
+    summary = np.asarray(x, dtype=np.float64)  # local: every row is in the summary (any order)
+    run_pass = local_runner(summary) if local else runner(df)
+    evals = lloyd.evaluate(run_pass, [fitted.fits[k] for k in order], pivot=fitted.pivot)
     labels = {r[ROW_ID] * 100 + r["k"]: r["cluster"]
               for r in assignments(df, {k: fitted.fits[k].centres for k in order}, pivot=fitted.pivot).collect()}
     df.unpersist()
@@ -67,8 +72,9 @@ def test_metrics_equal_sklearn_and_spark_on_the_job_labels(spark, wine, one_and_
         assert ev.silhouette_spark == pytest.approx(evaluator.evaluate(pred), rel=1e-9)
 
 
-def test_one_and_seven_partitions_give_the_same_result(one_and_seven):
-    (fa, ea, la), (fb, eb, lb) = one_and_seven
+def _assert_same_sweep(a, b):
+    """Two sweeps of the same rows: the same labels, passes, counts, centroids and metrics."""
+    (fa, ea, la), (fb, eb, lb) = a, b
     for k in KS:
         np.testing.assert_array_equal(la[k], lb[k])
         assert fa.fits[k].n_iter == fb.fits[k].n_iter and fa.fits[k].converged == fb.fits[k].converged
@@ -76,6 +82,20 @@ def test_one_and_seven_partitions_give_the_same_result(one_and_seven):
         np.testing.assert_allclose(ea[k].centroids, eb[k].centroids, rtol=1e-12, atol=1e-12)
         assert stats_of(ea[k]).inertia == pytest.approx(stats_of(eb[k]).inertia, rel=1e-12)
         assert ea[k].silhouette_spark == pytest.approx(eb[k].silhouette_spark, rel=1e-12)
+
+
+def test_one_and_seven_partitions_give_the_same_result(one_and_seven):
+    _assert_same_sweep(*one_and_seven)
+
+
+def test_driver_passes_on_a_whole_summary_equal_the_spark_passes(spark, wine, one_and_seven):
+    """Below summary_rows the job runs its passes on the driver: the same fits, labels and metrics."""
+    driver = sweep(spark, wine, 3, local=True)
+    _assert_same_sweep(driver, one_and_seven[1])
+    _, evals, labels = driver
+    for k in KS:
+        assert davies_bouldin_from_stats(stats_of(evals[k])) == pytest.approx(
+            metrics.davies_bouldin_score(wine, labels[k]), rel=1e-9)
 
 
 def test_a_sampled_summary_does_not_depend_on_partitioning(spark):

@@ -60,14 +60,37 @@ def runner(frame: DataFrame):
     return run_pass
 
 
+def local_runner(x: np.ndarray):
+    """``run_pass(kernel, length)`` over an in-memory matrix, on the driver.
+
+    Used when the summary sample holds every row of the input (``rows <= summary_rows``):
+    the same kernels over the same rows, in batches of :data:`passes.BATCH_ROWS`, without
+    a Spark job per pass. The rows are already on the driver (the summary), so driver
+    memory stays bounded by ``summary_rows``.
+    """
+
+    def run_pass(kernel, length: int) -> np.ndarray:
+        acc = np.zeros(length)
+        with _threads_one():
+            for start in range(0, x.shape[0], passes.BATCH_ROWS):
+                acc += kernel(x[start:start + passes.BATCH_ROWS])
+        return acc
+
+    return run_pass
+
+
 @dataclass
 class Fitted:
-    """The refined ks of one data set: fits in input (clustering-space) coordinates via ``pivot``."""
+    """The refined ks of one data set: fits in input (clustering-space) coordinates via ``pivot``.
+
+    ``local``: the passes ran on the driver over the summary, which held every row.
+    """
 
     pivot: np.ndarray
     fits: dict[int, lloyd.KFit]
     skipped: dict[int, str]
     summary_rows: int
+    local: bool = False
 
 
 def fit_all(
@@ -80,6 +103,7 @@ def fit_all(
     key: list[str],
     summary: np.ndarray | None = None,
     label: str = "",
+    local: bool | None = None,
 ) -> Fitted:
     """Summary, driver-side fit of every k, and full-data Lloyd refinement of ``frame``.
 
@@ -100,6 +124,9 @@ def fit_all(
         The already drawn sample, when the caller has one.
     label : str
         Prefix of the progress lines.
+    local : bool, optional
+        Run the Lloyd passes on the driver over the summary (it must hold every row).
+        Default: exactly when it does (``rows <= summary_rows``); False forces Spark passes.
 
     Returns
     -------
@@ -108,6 +135,10 @@ def fit_all(
     if summary is None:
         run.progress(f"{label}summary pass: seeded sample of at most {settings.summary_rows} of {rows} rows")
         _, summary = bounded_sample(frame, n_max=settings.summary_rows, rows=rows, seed=settings.seed, key=key)
+    whole = summary.shape[0] >= rows  # the seeded sample kept every row
+    if local and not whole:
+        raise ValueError(f"local passes need every row in the summary ({summary.shape[0]} of {rows})")
+    local = whole if local is None else local
     pivot = summary.mean(axis=0)
     with _threads_one():
         init = lloyd.fit_summary(summary, ks, n_init=settings.n_init, seed=settings.seed)
@@ -115,16 +146,15 @@ def fit_all(
     missing = [k for k, c in init.items() if c is None]
     if missing:
         # the summary has fewer distinct points than these ks; the full data may not
-        n_distinct = distinct_points(frame, limit=max(ks)) if summary.shape[0] < rows else \
-            np.unique(summary, axis=0).shape[0]
+        n_distinct = np.unique(summary, axis=0).shape[0] if whole else distinct_points(frame, limit=max(ks))
         for k in missing:
             skipped[k] = f"fewer distinct points ({n_distinct}) than k={k}"
             if n_distinct >= k:
                 skipped[k] = f"the summary has fewer distinct points than k={k}; raise summary_rows"
     init = {k: c for k, c in init.items() if c is not None}
-    fits = lloyd.refine(runner(frame), init, pivot=pivot, tol=settings.tol, max_passes=settings.max_iter,
-                        progress=lambda m: run.progress(label + m)) if init else {}
-    return Fitted(pivot, fits, skipped, int(summary.shape[0]))
+    fits = lloyd.refine(local_runner(summary) if local else runner(frame), init, pivot=pivot, tol=settings.tol,
+                        max_passes=settings.max_iter, progress=lambda m: run.progress(label + m)) if init else {}
+    return Fitted(pivot, fits, skipped, int(summary.shape[0]), local)
 
 
 def gmm_params(summary: np.ndarray, k: int, *, pivot: np.ndarray, seed: int) -> lloyd.GmmParams:
@@ -163,7 +193,8 @@ def run_batched(
     run.progress(f"evaluation pass: inertia, Calinski-Harabasz, Davies-Bouldin, Spark silhouette"
                  f"{', GMM log-likelihood' if gmm else ''} for k={','.join(map(str, order))}")
     t0 = time.monotonic()
-    evals = dict(zip(order, lloyd.evaluate(runner(prep.frame), [fits[k] for k in order], pivot=pivot, gmm=gmm),
+    run_pass = local_runner(sample_x) if fitted.local else runner(prep.frame)
+    evals = dict(zip(order, lloyd.evaluate(run_pass, [fits[k] for k in order], pivot=pivot, gmm=gmm),
                      strict=True)) if order else {}
     secs["evaluation"] = time.monotonic() - t0
 
@@ -232,7 +263,7 @@ def run_batched(
         label_sample=lambda k: sample_labels[:, index[k]],
         assignments=lambda keep: assignments(prep.frame, {k: fits[k].centres for k in keep}, pivot=pivot),
         details={"summary_rows": fitted.summary_rows, "passes": max((f.n_iter for f in fits.values()), default=0) + 1,
-                 "silhouette_sample_rows": n_sil},
+                 "passes_on": "driver" if fitted.local else "spark", "silhouette_sample_rows": n_sil},
     )
 
 
