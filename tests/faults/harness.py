@@ -140,7 +140,9 @@ class Job:
             tree = psutil.Process(self.proc.pid).children(recursive=True)
         except psutil.NoSuchProcess:
             return []
-        return [p for p in tree if _cmdline_has(p, "CoarseGrainedExecutorBackend")]
+        # the java processes only: a worker relaunching an executor briefly shows a
+        # jspawnhelper child with the same command line
+        return [p for p in tree if _cmdline_has(p, "CoarseGrainedExecutorBackend") and _name(p) == "java"]
 
 
 def _cmdline_has(proc: psutil.Process, text: str) -> bool:
@@ -148,6 +150,13 @@ def _cmdline_has(proc: psutil.Process, text: str) -> bool:
         return any(text in part for part in proc.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
+
+
+def _name(proc: psutil.Process) -> str:
+    try:
+        return proc.name()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return ""
 
 
 def _reap_group(pgid: int) -> None:
@@ -257,6 +266,9 @@ def comparable(spark, table: Path):
             df = df.withColumn(c, F.element_at(F.split(c, "/"), -1))
     if "reason" in df.columns:  # gmm_fit names the drift run that triggered a refit
         df = df.withColumn("reason", F.regexp_replace("reason", RUN_ID, "<run>"))
+        # a column first fitted by the re-run of a killed run says why it ran ("last attempt
+        # running": the killed attempt); the undisturbed run's first fit says "not fitted yet"
+        df = df.withColumn("reason", F.regexp_replace("reason", "^last attempt (running|failed)$", "not fitted yet"))
     return df
 
 

@@ -96,11 +96,16 @@ def test_lost_executor_mid_pass(spark, work, split_input, job_name):
     if job_name == "gmm_transform":  # both use the fit made on the split input
         for root in args:
             args[root][args[root].index("--fit-dir") + 1] = work / "split" / "gmm_fit"
+    if job_name == "cluster_eval":  # a summary smaller than the input: the Lloyd passes run on the executors
+        for root in args:
+            args[root] += ["--summary-rows", "500"]
     reference = Job(job_name, *args[ref_root], master=CLUSTER, conf=SPLITS)
     disturbed = Job(job_name, *args[out_root], master=CLUSTER, conf=SPLITS)
-    if job_name == "cluster_eval":  # mid-sweep: the prepared data is cached on the executors
-        hit = disturbed.wait_for(r"^\[cluster_eval\] k=3 \(2 of") is not None
-    else:  # mid-write: a task is writing its output file
+    if job_name == "cluster_eval":  # mid-sweep: the first Lloyd pass over the prepared data on the executors
+        hit = disturbed.wait_for(r"^\[cluster_eval\] pass 1 of at most") is not None
+    elif job_name == "gmm_transform":  # the engine's pass starts: tasks read units and write their files
+        hit = disturbed.wait_for(r"^\[gmm_transform\] \d+ fitted column\(s\)") is not None
+    else:  # mid-write: a task of Spark's writer has its output file open
         hit = _task_writing(out_root, disturbed)
     assert hit, f"{job_name} ended before the kill point"
     executors = disturbed.executors()
