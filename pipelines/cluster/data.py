@@ -216,36 +216,76 @@ def _bad(c: str) -> Column:
     return x.isNull() | F.isnan(x) | (F.abs(x) == float("inf"))
 
 
+def _partition_moments(df: DataFrame, aggs: list[Column]) -> list[Any]:
+    """``aggs`` per input partition, in partition order: one row per non-empty partition.
+
+    Spark merges partial aggregates in the order the shuffle delivers them, so a mean or
+    a variance can differ in the last bit between two runs of the same input (seen on a
+    ``local-cluster`` master against ``local[2]``); 1-ulp shifts then change near-tie
+    clusterings. Grouped by the partition id, each group has exactly one partial, built
+    in row order, and the driver merges them in partition order: the same input files
+    give bit-identical statistics on every master.
+    """
+    from pyspark.sql import functions as F
+
+    rows = df.groupBy(F.spark_partition_id().alias("_part")).agg(*aggs).collect()
+    return sorted(rows, key=lambda r: r["_part"])
+
+
+def _merge_moments(parts: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise merge of (count, mean, M2) per column, in the given order."""
+    n, mean, m2 = parts[0]
+    for nb, mb, m2b in parts[1:]:
+        total = n + nb
+        w = np.divide(nb, total, out=np.zeros_like(total), where=total > 0)
+        delta = mb - mean
+        mean = mean + delta * w
+        m2 = m2 + m2b + delta * delta * n * w
+        n = total
+    return n, mean, m2
+
+
 def profile(df: DataFrame, features: list[str]) -> Profile:
-    """Counts and per-feature mean, population std, min and max over the fully valid rows."""
+    """Counts and per-feature mean, population std, min and max over the fully valid rows.
+
+    Computed per partition and merged on the driver in partition order
+    (:func:`_partition_moments`), so the scaling is bit-identical on every master.
+    """
     from functools import reduce
 
     from pyspark.sql import functions as F
 
+    d = len(features)
     any_bad = reduce(lambda a, b: a | b, [_bad(c) for c in features])
     good = {c: F.when(~any_bad, F.col(c).cast("double")) for c in features}
     aggs = [F.count(F.lit(1)).alias("rows"), F.sum(any_bad.cast("long")).alias("invalid")]
     for i, c in enumerate(features):
         aggs += [
             F.sum(_bad(c).cast("long")).alias(f"bad{i}"),
+            F.count(good[c]).alias(f"n{i}"),
             F.mean(good[c]).alias(f"mean{i}"),
-            F.stddev_pop(good[c]).alias(f"std{i}"),
+            F.var_pop(good[c]).alias(f"var{i}"),
             F.min(good[c]).alias(f"min{i}"),
             F.max(good[c]).alias(f"max{i}"),
         ]
-    r = df.agg(*aggs).first()
+    parts = _partition_moments(df, aggs)
 
-    def vec(name: str) -> np.ndarray:
-        return np.array([np.nan if r[f"{name}{i}"] is None else r[f"{name}{i}"] for i in range(len(features))])
+    def vec(r: Any, name: str, empty: float = 0.0) -> np.ndarray:
+        return np.array([empty if r[f"{name}{i}"] is None else float(r[f"{name}{i}"]) for i in range(d)])
 
+    moments = [(vec(r, "n"), vec(r, "mean"), vec(r, "n") * vec(r, "var")) for r in parts]
+    n, mean, m2 = _merge_moments(moments) if moments else (np.zeros(d), np.zeros(d), np.zeros(d))
+    none = n == 0
+    minimum = np.min([vec(r, "min", np.inf) for r in parts], axis=0) if parts else np.full(d, np.inf)
+    maximum = np.max([vec(r, "max", -np.inf) for r in parts], axis=0) if parts else np.full(d, -np.inf)
     return Profile(
-        rows=int(r["rows"]),
-        invalid_rows=int(r["invalid"] or 0),
-        bad_values={c: int(r[f"bad{i}"] or 0) for i, c in enumerate(features)},
-        mean=vec("mean"),
-        std=vec("std"),
-        minimum=vec("min"),
-        maximum=vec("max"),
+        rows=sum(int(r["rows"]) for r in parts),
+        invalid_rows=sum(int(r["invalid"] or 0) for r in parts),
+        bad_values={c: sum(int(r[f"bad{i}"] or 0) for r in parts) for i, c in enumerate(features)},
+        mean=np.where(none, np.nan, mean),
+        std=np.where(none, np.nan, np.sqrt(np.maximum(m2, 0.0) / np.where(none, 1.0, n))),
+        minimum=np.where(none, np.nan, minimum),
+        maximum=np.where(none, np.nan, maximum),
     )
 
 
@@ -362,10 +402,21 @@ def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tu
     """Replace bad values by the mean of the column's finite values; re-profile the result."""
     from pyspark.sql import functions as F
 
-    means = df.agg(*[F.mean(F.when(~_bad(c), F.col(c))).alias(c) for c in bad]).first()
-    for c in bad:
-        if means[c] is None:
+    names = list(bad)
+    aggs = []
+    for i, c in enumerate(names):
+        finite = F.when(~_bad(c), F.col(c))
+        aggs += [F.count(finite).alias(f"n{i}"), F.mean(finite).alias(f"mean{i}")]
+    parts = _partition_moments(df, aggs)
+    zeros = np.zeros(len(names))
+    moments = [(np.array([float(r[f"n{i}"]) for i in range(len(names))]),
+                np.array([float(r[f"mean{i}"] or 0.0) for i in range(len(names))]), zeros) for r in parts]
+    n, mean, _ = _merge_moments(moments) if moments else (zeros, zeros, zeros)
+    means = {}
+    for i, c in enumerate(names):
+        if not n[i] > 0:
             raise UserError(f"column '{c}': every value is null, NaN or infinite; nothing to impute from")
+        means[c] = float(mean[i])
     filled = df.select(
         ROW_ID, *[F.when(_bad(c), F.lit(means[c])).otherwise(F.col(c)).alias(c) if c in bad else F.col(c) for c in features]
     )
