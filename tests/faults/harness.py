@@ -288,9 +288,53 @@ def assert_same_tables(spark, got_root: Path, want_root: Path, *, section: str, 
     return len(want)
 
 
-def lost_tasks(lines: list[str]) -> int:
-    """Tasks the driver's log reports lost (an executor died under them)."""
-    return sum(1 for line in lines if "Lost task" in line)
+def event_log_conf(folder: Path) -> dict[str, str]:
+    """Spark conf that writes the job's event log (JSON lines, one per listener event) to ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    return {"spark.eventLog.enabled": "true", "spark.eventLog.dir": folder.as_uri(),
+            "spark.eventLog.compress": "false", "spark.eventLog.rolling.enabled": "false"}
+
+
+def _event_logs(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*") if p.is_file() and not p.name.startswith((".", "appstatus"))]
+
+
+def _job_starts(folder: Path) -> set[int]:
+    ids = set()
+    for log in _event_logs(folder):
+        for line in log.read_text().splitlines():
+            if '"Event":"SparkListenerJobStart"' in line:
+                try:
+                    ids.add(json.loads(line)["Job ID"])
+                except ValueError:  # a line being written
+                    pass
+    return ids
+
+
+def wait_for_next_spark_job(folder: Path, job: Job) -> bool:
+    """Block until the event log in ``folder`` shows a Spark job that was not there when called
+    (Spark flushes the log at every job start; tasks are launched right after it): the moment a
+    pass's tasks are running. False if the job ended first."""
+    seen = _job_starts(folder)
+    while job.proc.poll() is None:
+        if _job_starts(folder) - seen:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def failed_tasks(folder: Path) -> dict[str, int]:
+    """Task attempts that did not succeed, by Spark's end reason (``ExecutorLostFailure``: an
+    executor died under them), and ``executors_removed``, from the event log in ``folder``."""
+    out: dict[str, int] = defaultdict(int)
+    for log in _event_logs(folder):
+        for line in log.read_text().splitlines():
+            event = json.loads(line)
+            if event["Event"] == "SparkListenerTaskEnd" and event["Task End Reason"]["Reason"] != "Success":
+                out[event["Task End Reason"]["Reason"]] += 1
+            elif event["Event"] == "SparkListenerExecutorRemoved":
+                out["executors_removed"] += 1
+    return dict(out)
 
 
 def line_pattern(line: str) -> str:
