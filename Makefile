@@ -45,14 +45,16 @@ run: java jars
 #      (tests/test_backends.py compares their tables), the spark-submit sessions and the
 #      notebooks top to bottom;
 #   3. Spark Connect (remote("local[2]") with the jars, its server on a free port, see
-#      tests/conftest.py): every job on both backends, the Delta layer, the cross-engine tests.
-# Time on the shared 2-core machine: tier 1 about 430 s, tier 2 about 440 s, tier 3 490 s
-# (tier 3 at load average 9, so inflated); with set-up, well under the 45-minute CI budget.
-# Not in CI yet (run by hand): make test-native (the whole suite on native Delta), make test-faults.
+#      tests/conftest.py): every job on both backends, the Delta layer, the cross-engine tests;
+#   4. the fault suite (tests/faults, marker cluster): spark-submit runs on local-cluster
+#      and local[2], executor and driver kills, concurrent runs, the bad-input sweep.
+# Time on the 2-core machine: see README (Tests). Run by hand: make test-native (the whole
+# suite on native Delta).
 test: java jars
 	PIPELINES_DELTA_JARS=none $(PY) -m pytest -m "not cluster" $(PYTEST_ARGS)
 	$(if $(PYTEST_ARGS),,$(PY) -m pytest $(NATIVE_TESTS))
 	$(if $(PYTEST_ARGS),,PIPELINES_SPARK_CONNECT=1 $(PY) -m pytest $(CONNECT_TESTS))
+	$(if $(PYTEST_ARGS),,$(PY) -m pytest -m cluster tests/faults)
 
 NATIVE_TESTS = tests/test_delta.py tests/test_delta_engines.py tests/test_backends.py tests/test_spark_submit.py \
                tests/test_pipeline.py::test_notebooks_run_top_to_bottom
