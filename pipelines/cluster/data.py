@@ -232,8 +232,16 @@ def _partition_moments(df: DataFrame, aggs: list[Column]) -> list[Any]:
     return sorted(rows, key=lambda r: r["_part"])
 
 
-def _merge_moments(parts: list[tuple[float, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Chan et al.'s pairwise merge of (count, mean, M2) per column, in the given order."""
+def _vector(row: Any, name: str, d: int, empty: float = 0.0) -> np.ndarray:
+    """Columns ``name0 .. name{d-1}`` of an aggregate row as floats (``empty`` for nulls)."""
+    return np.array([empty if row[f"{name}{i}"] is None else float(row[f"{name}{i}"]) for i in range(d)])
+
+
+def _merge_moments(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Chan et al.'s pairwise merge of (count, mean, M2) per column, in the given order
+    (zeros when there are no parts)."""
+    if not parts:
+        return np.zeros(d), np.zeros(d), np.zeros(d)
     n, mean, m2 = parts[0]
     for nb, mb, m2b in parts[1:]:
         total = n + nb
@@ -269,15 +277,12 @@ def profile(df: DataFrame, features: list[str]) -> Profile:
             F.max(good[c]).alias(f"max{i}"),
         ]
     parts = _partition_moments(df, aggs)
-
-    def vec(r: Any, name: str, empty: float = 0.0) -> np.ndarray:
-        return np.array([empty if r[f"{name}{i}"] is None else float(r[f"{name}{i}"]) for i in range(d)])
-
-    moments = [(vec(r, "n"), vec(r, "mean"), vec(r, "n") * vec(r, "var")) for r in parts]
-    n, mean, m2 = _merge_moments(moments) if moments else (np.zeros(d), np.zeros(d), np.zeros(d))
+    counts = [_vector(r, "n", d) for r in parts]
+    n, mean, m2 = _merge_moments([(c, _vector(r, "mean", d), c * _vector(r, "var", d))
+                                  for c, r in zip(counts, parts, strict=True)], d)
     none = n == 0
-    minimum = np.min([vec(r, "min", np.inf) for r in parts], axis=0) if parts else np.full(d, np.inf)
-    maximum = np.max([vec(r, "max", -np.inf) for r in parts], axis=0) if parts else np.full(d, -np.inf)
+    minimum = np.min([_vector(r, "min", d, np.inf) for r in parts], axis=0) if parts else np.full(d, np.inf)
+    maximum = np.max([_vector(r, "max", d, -np.inf) for r in parts], axis=0) if parts else np.full(d, -np.inf)
     return Profile(
         rows=sum(int(r["rows"]) for r in parts),
         invalid_rows=sum(int(r["invalid"] or 0) for r in parts),
@@ -407,11 +412,9 @@ def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tu
     for i, c in enumerate(names):
         finite = F.when(~_bad(c), F.col(c))
         aggs += [F.count(finite).alias(f"n{i}"), F.mean(finite).alias(f"mean{i}")]
+    d = len(names)
     parts = _partition_moments(df, aggs)
-    zeros = np.zeros(len(names))
-    moments = [(np.array([float(r[f"n{i}"]) for i in range(len(names))]),
-                np.array([float(r[f"mean{i}"] or 0.0) for i in range(len(names))]), zeros) for r in parts]
-    n, mean, _ = _merge_moments(moments) if moments else (zeros, zeros, zeros)
+    n, mean, _ = _merge_moments([(_vector(r, "n", d), _vector(r, "mean", d), np.zeros(d)) for r in parts], d)
     means = {}
     for i, c in enumerate(names):
         if not n[i] > 0:
