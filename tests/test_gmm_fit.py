@@ -162,6 +162,16 @@ def test_resume_fits_only_unfinished_columns_and_only_refits_named_ones(spark, t
     code, _, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
     assert code == 0 and all(r["attempt"] <= 2 for r in _status(fit_dir).values())
 
+    # a new version of the input (other rows under the same path): nothing fitted on the old one is kept
+    old_version = _status(fit_dir)["amount"]["input_version"]
+    _table(tmp_path, seed=3)
+    code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD)
+    status = _status(fit_dir)
+    assert code == 0 and summary["counts"]["to_fit"] == 5 and summary["counts"]["already_succeeded"] == 0
+    assert {r["input_version"] for r in status.values()} == {old_version + 1}
+    assert {r["reason"] for r in status.values()} == {
+        f"input changed: fitted on version {old_version}, the input is at version {old_version + 1}"}
+
 
 def test_bad_input_is_one_line_and_exit_2(spark, tmp_path, capsys):
     src = _table(tmp_path, n=100)

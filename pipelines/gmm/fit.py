@@ -487,9 +487,9 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
         reasons = {c: "--only" for c in s.only}
         todo = [by_name[c] for c in dict.fromkeys(s.only)]
     else:
-        todo = [spec for spec in specs if (previous.get(spec.column) or {}).get("status") != SUCCEEDED]
-        reasons = {spec.column: "not fitted yet" if spec.column not in previous
-                   else f"last attempt {previous[spec.column]['status']}" for spec in todo}
+        reasons = {spec.column: why for spec in specs
+                   if (why := _refit_reason(previous.get(spec.column), s.input, input_version))}
+        todo = [spec for spec in specs if spec.column in reasons]
     skipped = [spec.column for spec in specs if spec not in todo]
     run.counts.update(columns=len(specs), to_fit=len(todo), already_succeeded=len(skipped))
     run.outputs.update(models=_path(s.fit_dir, MODELS), fit_status=_path(s.fit_dir, FIT_STATUS))
@@ -588,6 +588,17 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
         run.status = "failed"
         run.error = "column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed)
         run.progress(f"error: {len(failed)} column(s) failed: " + "; ".join(f"{c}: {errors[c]}" for c in failed))
+
+
+def _refit_reason(previous: Mapping[str, Any] | None, table: str, version: int) -> str | None:
+    """Why a column needs a fit (None: it succeeded on this very input, so a re-run skips it)."""
+    if previous is None:
+        return "not fitted yet"
+    if previous["status"] != SUCCEEDED:
+        return f"last attempt {previous['status']}"
+    if (previous["input_table"], previous["input_version"]) != (table, version):
+        return f"input changed: fitted on version {previous['input_version']}, the input is at version {version}"
+    return None
 
 
 def _drifted_reasons(drift_dir: str, by_name: Mapping[str, ColumnSpec], run: Run) -> dict[str, str]:

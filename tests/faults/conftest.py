@@ -47,6 +47,17 @@ def pytest_terminal_summary(terminalreporter, config):
     terminalreporter.write_line(f"(written to {path})")
 
 
+def pipeline_config(work: Path) -> Path:
+    """``jobs/pipeline.py``'s config for a ``--source`` run on the demo columns, at the sizes of
+    :func:`harness.commands` (the built-in demo's roles apply only without ``--source``)."""
+    path = work / "pipeline_faults.yaml"
+    path.write_text("cluster_eval:\n  features: [x, y]\n  k_min: 2\n  k_max: 4\n  silhouette_sample: 500\n"
+                    "gmm_fit:\n  columns: [amount, score, segment]\n  categorical: [segment]\n"
+                    "  mixed: {amount: [0.0]}\n  max_components: 5\n"
+                    "tokenize:\n  columns: [amount, score, age]\n  bins: 32\n")
+    return path
+
+
 @pytest.fixture(scope="session")
 def reference(work, bronze, demo_csv):
     """Undisturbed ``spark-submit --master local[2]`` runs of every job's main path under ``ref/``,
@@ -55,7 +66,9 @@ def reference(work, bronze, demo_csv):
     from harness import LOCAL, commands, run
 
     root = work / "ref"
-    jobs = {"ingest": ["--source", demo_csv, "--format", "csv", "--output", root / "ingest"], **commands(bronze, root)}
+    jobs = {"ingest": ["--source", demo_csv, "--format", "csv", "--output", root / "ingest"], **commands(bronze, root),
+            "pipeline": ["--source", demo_csv, "--format", "csv", "--output", root / "pipeline",
+                         "--config", pipeline_config(work)]}
     lines: dict[str, list[str]] = {}
 
     def progress_lines(job: str) -> list[str]:
@@ -64,7 +77,9 @@ def reference(work, bronze, demo_csv):
                 progress_lines("gmm_fit")  # its fit_dir
             res = run(job, *jobs[job], master=LOCAL)
             assert res.code == 0, (job, res.job_lines()[-5:])
-            lines[job] = [line for line in res.stderr if line.startswith(f"[{job}] ")]
+            # the pipeline's stages print their own lines ([ingest] ..., [gmm_fit] ...) between its own
+            prefixes = tuple(f"[{j}] " for j in jobs) if job == "pipeline" else (f"[{job}] ",)
+            lines[job] = [line for line in res.stderr if line.startswith(prefixes)]
         return lines[job]
 
     return {"root": root, "args": jobs, "lines": progress_lines}

@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 import os
 import queue
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -253,26 +257,31 @@ PATHS = ("_source_file", "path", "baseline_table", "current_table", "input_table
 RUN_ID = r"[a-z_]+-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}"  # e.g. drift-20261202T210238Z-6b7baafc
 
 
-def comparable(spark, table: Path):
-    """A table as Spark reads it through the project's Delta layer, without the volatile columns."""
+def comparable(spark, table: Path, ignore: frozenset[str] = frozenset()):
+    """A table as Spark reads it through the project's Delta layer, without the volatile columns
+    (and those of ``ignore``)."""
     from pyspark.sql import functions as F
 
     from pipelines import delta
 
     df = delta.read_table(spark, str(table))
-    df = df.drop(*[c for c in df.columns if c in VOLATILE])
+    df = df.drop(*[c for c in df.columns if c in VOLATILE | ignore])
     for c in PATHS:
         if c in df.columns:
             df = df.withColumn(c, F.element_at(F.split(c, "/"), -1))
     if "reason" in df.columns:  # gmm_fit names the drift run that triggered a refit
         df = df.withColumn("reason", F.regexp_replace("reason", RUN_ID, "<run>"))
         # a column first fitted by the re-run of a killed run says why it ran ("last attempt
-        # running": the killed attempt); the undisturbed run's first fit says "not fitted yet"
-        df = df.withColumn("reason", F.regexp_replace("reason", "^last attempt (running|failed)$", "not fitted yet"))
+        # running": the killed attempt; "input changed": a killed pipeline had fitted it on the
+        # bronze version it wrote, and the re-run wrote the next); the undisturbed run's first
+        # fit says "not fitted yet"
+        df = df.withColumn("reason", F.regexp_replace(
+            "reason", "^(last attempt (running|failed)|input changed: .*)$", "not fitted yet"))
     return df
 
 
-def assert_same_tables(spark, got_root: Path, want_root: Path, *, section: str, label: str) -> int:
+def assert_same_tables(spark, got_root: Path, want_root: Path, *, section: str, label: str,
+                       ignore: frozenset[str] = frozenset()) -> int:
     """Every Delta table under ``want_root`` exists under ``got_root`` with the same rows (chispa,
     any row order). Returns the number of tables compared; each is recorded under ``section``."""
     from chispa import assert_df_equality
@@ -281,7 +290,7 @@ def assert_same_tables(spark, got_root: Path, want_root: Path, *, section: str, 
     got = {str(t.relative_to(got_root)) for t in delta_tables(got_root)}
     assert want <= got, f"tables missing under {got_root}: {sorted(want - got)}"
     for rel in sorted(want):
-        a, b = comparable(spark, got_root / rel), comparable(spark, want_root / rel)
+        a, b = comparable(spark, got_root / rel, ignore), comparable(spark, want_root / rel, ignore)
         assert_df_equality(a, b, ignore_row_order=True, ignore_nullable=True, allow_nan_equality=True,
                            ignore_column_order=True)
         figure(section, run=label, table=rel, rows=b.count(), equal="yes")
@@ -321,6 +330,49 @@ def wait_for_next_spark_job(folder: Path, job: Job) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+def ui_conf() -> dict[str, str]:
+    """Spark conf that turns the driver's UI on at a free port: its REST API says, live, which
+    executor is running a task (the event log is flushed at job starts, not at task starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return {"spark.ui.enabled": "true", "spark.ui.port": str(port), "spark.ui.showConsoleProgress": "false"}
+
+
+def _rest(conf: dict[str, str], path: str) -> Any:
+    url = f"http://127.0.0.1:{conf['spark.ui.port']}/api/v1/{path}"
+    with urllib.request.urlopen(url, timeout=2) as response:
+        return json.load(response)
+
+
+def executor_running_a_task(job: Job, conf: dict[str, str], rng: random.Random,
+                            when: Callable[[], bool] = lambda: True) -> psutil.Process | None:
+    """Block until the driver's status store shows an executor with a running task while
+    ``when()`` holds, and return that executor's JVM (by its ``--executor-id``; one of them,
+    by ``rng``, if both are busy). None if the job ended first."""
+    app = None
+    while job.proc.poll() is None:
+        busy: list[str] = []
+        try:
+            app = app or _rest(conf, "applications")[0]["id"]
+            if when():
+                busy = sorted(e["id"] for e in _rest(conf, f"applications/{app}/executors")
+                              if e["id"] != "driver" and e["activeTasks"] > 0)
+        except (OSError, ValueError, IndexError, KeyError):  # the UI is not up yet
+            pass
+        if busy:
+            wanted = rng.choice(busy)
+            for proc in job.executors():
+                try:
+                    args = proc.cmdline()
+                except psutil.Error:
+                    continue
+                if "--executor-id" in args and args[args.index("--executor-id") + 1] == wanted:
+                    return proc
+        time.sleep(0.005)
+    return None
 
 
 def failed_tasks(folder: Path) -> dict[str, int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-import time
+from functools import partial
 from pathlib import Path
 
 import polars as pl
@@ -27,8 +27,10 @@ from harness import (
     commands,
     delta_tables,
     event_log_conf,
+    executor_running_a_task,
     failed_tasks,
     figure,
+    ui_conf,
     wait_for_next_spark_job,
 )
 
@@ -80,24 +82,10 @@ def split_input(spark, work, bronze):
     return path
 
 
-def _python_worker(executor) -> bool:
-    """Whether an executor JVM has a Python worker process (its ``pyspark.daemon``) under it."""
-    import psutil
-
-    try:
-        return any("python" in p.name() for p in executor.children(recursive=True))
-    except psutil.Error:
-        return False
-
-
-def _task_writing(root: Path, job: Job) -> bool:
-    """Wait (polling the folder, not a fixed sleep) until an executor task has its output file
-    open under ``root`` (Spark's ``_temporary`` attempt folder); False if the job ended first."""
-    while job.proc.poll() is None:
-        if any("_temporary" in p.parts for p in root.rglob("*.parquet")):
-            return True
-        time.sleep(0.02)
-    return False
+def _task_writing(root: Path) -> bool:
+    """Whether an executor task has its output file open under ``root`` (Spark's ``_temporary``
+    attempt folder)."""
+    return any("_temporary" in p.parts for p in root.rglob("*.parquet"))
 
 
 @pytest.mark.parametrize("job_name", ["gmm_transform", "tokenize", "cluster_eval"])
@@ -115,25 +103,22 @@ def test_lost_executor_mid_pass(spark, work, split_input, job_name):
             args[root] += ["--summary-rows", "500", "--max-iter", "3"]
     reference = Job(job_name, *args[ref_root], master=CLUSTER, conf=SPLITS)
     events = work / f"events_{job_name}"
-    disturbed = Job(job_name, *args[out_root], master=CLUSTER, conf={**SPLITS, **event_log_conf(events)})
+    ui = ui_conf()
+    disturbed = Job(job_name, *args[out_root], master=CLUSTER, conf={**SPLITS, **event_log_conf(events), **ui})
     # cluster_eval: mid-sweep, the first Lloyd pass over the prepared data on the executors;
     # gmm_transform: the engine's pass, its tasks reading units and writing their files.
     # The line comes just before the pass's Spark job; the kill waits for that job's start.
     starts = {"cluster_eval": r"^\[cluster_eval\] pass 1 of at most", "gmm_transform": r"^\[gmm_transform\] \d+ fitted column\(s\)"}
     if job_name in starts:
         hit = disturbed.wait_for(starts[job_name]) is not None and wait_for_next_spark_job(events, disturbed)
+        assert hit, f"{job_name} ended before the kill point"
+        when = None
     else:  # mid-write: a task of Spark's writer has its output file open
-        hit = _task_writing(out_root, disturbed)
-    assert hit, f"{job_name} ended before the kill point"
-    executors = disturbed.executors()
-    assert len(executors) == 2, executors
-    # a Python task runs on an executor once its Python worker exists (Spark launches the
-    # tasks a moment after the job start): the victim is one that is running Python
-    busy = executors
-    while job_name in starts and not (busy := [e for e in executors if _python_worker(e)]) and disturbed.proc.poll() is None:
-        time.sleep(0.02)
-    assert busy, f"{job_name} ended before a Python task ran on an executor"
-    victim = rng.choice(sorted(busy, key=lambda p: p.pid))
+        when = partial(_task_writing, out_root)
+    # the victim: an executor the driver's status store shows running a task at this moment
+    victim = executor_running_a_task(disturbed, ui, rng, **({"when": when} if when else {}))
+    assert victim is not None, f"{job_name} ended before a task ran on an executor"
+    assert len(disturbed.executors()) == 2, disturbed.executors()
     os.kill(victim.pid, signal.SIGKILL)
     res, ref = disturbed.finish(), reference.finish()
     assert ref.code == 0, ref.job_lines()[-5:]
@@ -144,8 +129,9 @@ def test_lost_executor_mid_pass(spark, work, split_input, job_name):
     assert_same_tables(spark, out_root, ref_root, section="lost executor: outputs equal an undisturbed run",
                        label=job_name)
     failed = failed_tasks(events)
-    # the driver saw the executor go; every task it lost under it was run again (the job succeeded)
+    # the driver saw the executor go and lost the task it was running, which it ran again (the job succeeded)
     assert failed.get("executors_removed", 0) >= 1, failed
+    assert failed.get("ExecutorLostFailure", 0) >= 1, failed
     figure("executor kills", job=job_name, killed_pid=victim.pid, lost_tasks=failed.get("ExecutorLostFailure", 0),
            other_failed_tasks=sum(n for r, n in failed.items() if r not in ("ExecutorLostFailure", "executors_removed")),
            executors_seen=record["spark"]["executors"], tables_checked=len(committed),
