@@ -69,6 +69,7 @@ def native(tmp_path_factory):
         .config("spark.sql.warehouse.dir", str(root / "warehouse"))
         .config("spark.sql.shuffle.partitions", "2")
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")  # the launcher shows the child's output tail
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -85,21 +86,21 @@ def _expected_tables() -> dict[str, str]:
     return {f"{stage}_{table.lstrip('_')}": f"{stage}/{table}" for stage, tables in OUTPUT_TABLES.items() for table in tables}
 
 
-def _pipeline(capsys, out: Path) -> dict:
+def _pipeline(capsys, out: Path) -> list[dict]:
     from jobs.pipeline import main
 
     code = main(["--output", str(out), "--tables", NAMESPACE])
     captured = capsys.readouterr()
     record = json.loads(captured.out.strip().splitlines()[-1])
     assert code == 0, f"{record['error']}\n{captured.err[-4000:]}"
-    return {stage["job"]: stage for stage in record["stages"]}
+    return record["stages"]
 
 
 @child_only
 def test_pipeline_writes_every_output_as_a_named_table_and_resumes(native, capsys):
     spark, root = native
     out = root / "pipeline"
-    _pipeline(capsys, out)
+    first = _pipeline(capsys, out)
     names = {t.name for t in spark.catalog.listTables("pipelines_test")}
     assert names == set(_expected_tables()), sorted(names)
     rows = {name: spark.table(f"{NAMESPACE}.{name}").count() for name in names}
@@ -110,11 +111,34 @@ def test_pipeline_writes_every_output_as_a_named_table_and_resumes(native, capsy
     assert (out / "cluster_eval" / "report.md").is_file() and list((out / "_runs").glob("*.json"))
     assert json.loads((out / "cluster_eval" / "summary.json").read_text())["recommended_k"] == 4
 
+    first_fits = [s["counts"] for s in first if s["job"] == "gmm_fit"]
     second = _pipeline(capsys, out)
-    # gmm_fit resumes: every column already succeeded in the named fit_status table.
-    fit = second["gmm_fit"]
-    assert fit["counts"]["to_fit"] == 0 and fit["counts"]["already_succeeded"] == fit["counts"]["columns"] > 0, fit
+    # The second run ingests day 1 again (a new bronze version), so day 1 fits every column
+    # again and day 2 refits the drifted one, as the first run did: no model of another
+    # version of the data is kept.
+    assert [s["counts"] for s in second if s["job"] == "gmm_fit"] == first_fits
+    assert first_fits[0]["to_fit"] == first_fits[0]["columns"] == 3 and first_fits[1]["to_fit"] == 1, first_fits
+    status = {r["column"]: r for r in spark.table(f"{NAMESPACE}.gmm_fit_fit_status").collect()}
+    assert {r["input_table"] for r in status.values()} == {f"{NAMESPACE}.ingest_bronze"}
+    assert status["amount"]["reason"].startswith("input changed: fitted on version "), status["amount"]
     assert spark.table(f"{NAMESPACE}.ingest_bronze").count() == 20_000
+
+    # gmm_fit on its own, on the table's name: day 2 only refitted the drifted column, so
+    # the two fitted on day 1 are fitted on the latest version now; a second run resumes
+    # from the named fit_status table (every column succeeded on this version).
+    from jobs.gmm_fit import main
+
+    def gmm_fit() -> dict:
+        code = main(["--input", f"{NAMESPACE}.ingest_bronze", "--fit-dir", str(out / "gmm_fit"), "--tables", NAMESPACE,
+                     "--columns", "amount,score,segment", "--categorical", "segment", "--mixed", "amount=0"])
+        record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert code == 0, record
+        return record["counts"]
+
+    assert gmm_fit() == {"columns": 3, "to_fit": 2, "already_succeeded": 1, "fitted": 2, "failed": 0}
+    reasons = {r["column"]: r["reason"] for r in spark.table(f"{NAMESPACE}.gmm_fit_fit_status").collect()}
+    assert all(reasons[c].startswith("input changed: fitted on version ") for c in ("amount", "segment")), reasons
+    assert gmm_fit()["to_fit"] == 0
 
 
 @child_only

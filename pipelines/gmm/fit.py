@@ -480,6 +480,7 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
     by_name = {spec.column: spec for spec in specs}
     types = dict(df.dtypes)
     previous = read_status(s.fit_dir)
+    table = delta.table_target(s.input)  # a path under --tables is recorded as the table it names
     if s.only_drifted:
         reasons = _drifted_reasons(s.only_drifted, by_name, run)
         todo = [by_name[c] for c in reasons]
@@ -488,7 +489,7 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
         todo = [by_name[c] for c in dict.fromkeys(s.only)]
     else:
         reasons = {spec.column: why for spec in specs
-                   if (why := _refit_reason(previous.get(spec.column), s.input, input_version))}
+                   if (why := _refit_reason(previous.get(spec.column), table, input_version))}
         todo = [spec for spec in specs if spec.column in reasons]
     skipped = [spec.column for spec in specs if spec not in todo]
     run.counts.update(columns=len(specs), to_fit=len(todo), already_succeeded=len(skipped))
@@ -500,7 +501,7 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
         run.details["columns"] = {}
         return
 
-    book = _StatusBook(s.fit_dir, run.run_id, previous, input_table=s.input, input_version=input_version)
+    book = _StatusBook(s.fit_dir, run.run_id, previous, input_table=table, input_version=input_version)
     for spec in todo:
         book.start(spec.column, reasons[spec.column])
     errors: dict[str, str] = {}
@@ -596,7 +597,10 @@ def _refit_reason(previous: Mapping[str, Any] | None, table: str, version: int) 
         return "not fitted yet"
     if previous["status"] != SUCCEEDED:
         return f"last attempt {previous['status']}"
-    if (previous["input_table"], previous["input_version"]) != (table, version):
+    before = delta.table_target(previous["input_table"]) if previous["input_table"] else None
+    if before != table:
+        return f"input changed: fitted on {before} version {previous['input_version']}, the input is {table}"
+    if previous["input_version"] != version:
         return f"input changed: fitted on version {previous['input_version']}, the input is at version {version}"
     return None
 
