@@ -80,11 +80,22 @@ def assign(xp: np.ndarray, bank: Bank) -> tuple[np.ndarray, np.ndarray]:
     """
     g = _scores(xp, bank.centres)
     n, o = xp.shape[0], bank.offsets
-    gidx = np.empty((n, len(bank.ks)), dtype=np.int64)
+    # A running minimum over each k's few centre rows: vector operations along the rows,
+    # 2-3x faster than argmin down the short axis; strict < keeps the lowest index on ties.
+    gidx = np.empty((len(bank.ks), n), dtype=np.int64)
+    d2 = np.empty((len(bank.ks), n))
+    less = np.empty(n, dtype=bool)
     for i in range(len(bank.ks)):
-        gidx[:, i] = o[i] + np.argmin(g[o[i]:o[i + 1]], axis=0)
-    d2 = g[gidx, np.arange(n)[:, None]] + np.einsum("ij,ij->i", xp, xp)[:, None]
-    return gidx, np.maximum(d2, 0.0, out=d2)
+        best, arg = d2[i], gidx[i]
+        best[:] = g[o[i]]
+        arg.fill(o[i])
+        for j in range(o[i] + 1, o[i + 1]):
+            np.less(g[j], best, out=less)
+            np.minimum(g[j], best, out=best)
+            arg[less] = j
+    d2 += np.einsum("ij,ij->i", xp, xp)[None, :]
+    np.maximum(d2, 0.0, out=d2)
+    return gidx.T, d2.T
 
 
 def _group_sums(gidx: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -201,7 +212,8 @@ def eval_partial(
     n, nk = gidx.shape
     size, dims = assign_bank.size, xp.shape[1]
     r = np.arange(n)
-    counts, sse, sum_dist = np.zeros(size), np.zeros(size), np.zeros(size)
+    counts = np.bincount(gidx.ravel(), minlength=size).astype(np.float64)
+    sse, sum_dist = np.zeros(size), np.zeros(size)
     devsum = np.zeros((size, dims))
     # Spark's squared-Euclidean silhouette: the mean squared distance of x to the rows of
     # cluster A is ‖x − m_A‖² + within_A; for x's own cluster the sum is over the others.
@@ -210,21 +222,21 @@ def eval_partial(
     dist += within[:, None]
     sil = np.empty(nk)
     o = assign_bank.offsets
+    ones, indptr = np.ones(n), np.arange(n + 1)
     for i in range(nk):
         own = gidx[:, i]
-        dev = xp - means[own]
+        dev = xp - means.take(own, axis=0)
         sq = np.einsum("ij,ij->i", dev, dev)
-        counts += np.bincount(own, minlength=size)
         sse += np.bincount(own, weights=sq, minlength=size)
         sum_dist += np.bincount(own, weights=np.sqrt(sq), minlength=size)
-        for j in range(dims):
-            devsum[:, j] += np.bincount(own, weights=dev[:, j], minlength=size)
-        n_own = label_counts[own]
+        # Σ(x − m) per label: one sparse (labels x rows) product, not a bincount per dimension
+        devsum += sparse.csr_matrix((ones, own, indptr), shape=(n, size)).T @ dev
+        n_own = label_counts.take(own)
         block = dist[o[i]:o[i + 1]].copy()
         block[own - o[i], r] = np.inf
         b = block.min(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):
-            a = (sq + within[own]) * n_own / (n_own - 1)
+            a = (sq + within.take(own)) * n_own / (n_own - 1)
             s = np.where(a < b, 1.0 - a / b, np.where(a > b, b / a - 1.0, 0.0))
         sil[i] = np.where(n_own > 1, s, 0.0).sum()
     ll = np.array([log_likelihood(xp, g) for g in gmm])
