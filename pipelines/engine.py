@@ -450,11 +450,13 @@ class Engine:
         columns: Sequence[str] | None = None,
         reducer: Reducer | None = None,
         target_file_bytes: int = delta._DEFAULT_TARGET_FILE_BYTES,
+        version: int | None = None,
     ) -> MapResult:
         """Run a row-local ``kernel`` over ``source_path``'s files into each of ``sinks``.
 
         Each sink is overwritten in one commit. With ``reducer``, its partials of the
         kernel's output are merged into :attr:`MapResult.partial` in the same pass.
+        ``version``: a Delta source's rows as of that version (the files path only).
 
         Raises
         ------
@@ -466,8 +468,10 @@ class Engine:
             A kernel raised anything else (the message names the file). Nothing is committed.
         """
         if self._path(source_path, *(sink.path for sink in sinks)) == "mapInArrow":
+            if version is not None:
+                raise ValueError("map at a version needs the files path")
             return self._map_in_arrow(source_path, kernel, sinks, columns=columns, reducer=reducer)
-        src = source(source_path, split_bytes=self.split_bytes)
+        src = source(source_path, split_bytes=self.split_bytes, version=version)
         task = _Task(src, kernel, tuple(sinks), reducer, tuple(columns) if columns else None, self.batch_rows,
                      target_file_bytes)
         results = self._run(task)
@@ -481,18 +485,25 @@ class Engine:
         return self._result(results, reducer, "files", versions)
 
     def reduce(self, source_path: str, reducer: Reducer, *, columns: Sequence[str] | None = None,
-               kernel: Kernel | None = None) -> MapResult:
+               kernel: Kernel | None = None, version: int | None = None) -> MapResult:
         """Fold ``reducer`` over ``source_path``'s rows (optionally after a row-local ``kernel``).
 
         Each task folds its unit's batches; the driver merges the units' partials in
-        unit order. Only the partials leave the tasks.
+        unit order. Only the partials leave the tasks. ``version``: a Delta table's rows
+        as of that version (the files path only).
         """
         if self._path(source_path) == "mapInArrow":
+            if version is not None:
+                raise ValueError("reduce at a version needs the files path")
             return self._map_in_arrow(source_path, kernel, (), columns=columns, reducer=reducer)
-        src = source(source_path, split_bytes=self.split_bytes)
+        src = source(source_path, split_bytes=self.split_bytes, version=version)
         task = _Task(src, kernel, (), reducer, tuple(columns) if columns else None, self.batch_rows,
                      delta._DEFAULT_TARGET_FILE_BYTES)
         return self._result(self._run(task), reducer, "files", [])
+
+    def reads_files(self, *tables: str) -> bool:
+        """Whether this engine's tasks read (and write) ``tables``' files themselves."""
+        return self._path(*tables) == "files"
 
     # ---------------------------------------------------------------- internals
 

@@ -145,7 +145,7 @@ def test_profile_equals_numpy_and_is_bit_identical_across_runs(spark):
     np.testing.assert_array_equal(p.maximum, x[ok].max(axis=0))
     assert p.mean.tobytes() == again.mean.tobytes() and p.std.tobytes() == again.std.tobytes()
     np.testing.assert_allclose(single.std, p.std, rtol=1e-10)
-    filled, _ = _impute_means(five, ["a", "b", "c"], {"a": 1, "b": 1, "c": 1})
+    filled, _, _ = _impute_means(five, ["a", "b", "c"], {"a": 1, "b": 1, "c": 1})
     got = {r[ROW_ID]: r for r in filled.filter(f"{ROW_ID} IN (0, 5)").collect()}
     finite = [x[:, j][np.isfinite(x[:, j])].mean() for j in range(3)]
     assert got[0]["a"] == pytest.approx(finite[0], rel=1e-13) and got[0]["c"] == pytest.approx(finite[2], rel=1e-13)

@@ -8,8 +8,12 @@
 4. one exact evaluation pass for all ks: inertia, Calinski-Harabasz, Davies-Bouldin,
    Spark's squared-Euclidean silhouette and, with ``--gmm``, each mixture's log-likelihood.
 
-The per-row work is :mod:`pipelines.cluster.lloyd` (numpy); :func:`pipelines.cluster.passes.reduce`
-runs it over Spark. Nothing is cached: each pass streams from the prepared input.
+The per-row work is :mod:`pipelines.cluster.lloyd` (numpy). Over a Delta table by path or
+Parquet files, each pass is a reduce of :mod:`pipelines.engine` (Spark tasks read the data
+files with pyarrow and prepare the rows with numpy, :class:`pipelines.cluster.data.FileInput`)
+and the ``assignments`` table is an engine map; otherwise :func:`pipelines.cluster.passes.reduce`
+runs the kernels over the prepared Spark frame. Nothing is cached: each pass streams from
+the input.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from pipelines.cluster import lloyd, passes
 from pipelines.cluster.data import (
     ROW_ID,
+    FileInput,
     Prepared,
     bounded_sample,
     distinct_points,
@@ -46,8 +51,17 @@ def _threads_one():
     return threadpool_limits(1)
 
 
-def runner(frame: DataFrame):
-    """``run_pass(kernel, length)`` over the scaled feature columns of ``frame``."""
+def runner(frame: DataFrame, files: FileInput | None = None):
+    """``run_pass(kernel, length)`` over the scaled feature columns of ``frame``.
+
+    With ``files``, each pass is an engine reduce over the input's files instead: every
+    task reads its file with pyarrow and prepares the rows with numpy, so no row passes
+    through the JVM (Spark's Parquet reader, the row conversion and the Arrow transfer to
+    Python were most of a pass: measured in benchmarks/RESULTS.md). The rows are the same;
+    the partials are summed per file in path order instead of per Spark partition.
+    """
+    if files is not None:
+        return _file_runner(frame.sparkSession, files)
     cols = frame.select(*[c for c in frame.columns if c != ROW_ID])
 
     def run_pass(kernel, length: int) -> np.ndarray:
@@ -56,6 +70,31 @@ def runner(frame: DataFrame):
                 return kernel(x)
 
         return passes.reduce(cols, limited, length)
+
+    return run_pass
+
+
+def _file_runner(spark: SparkSession, files: FileInput):
+    import polars as pl
+
+    from pipelines.engine import Engine, Reducer
+
+    engine = Engine("spark", spark)
+
+    def run_pass(kernel, length: int) -> np.ndarray:
+        def partial(frame: pl.DataFrame) -> pl.DataFrame:
+            x = files.matrix(frame)
+            acc = np.zeros(length)
+            with _threads_one():
+                for start in range(0, x.shape[0], passes.BATCH_ROWS):
+                    acc += kernel(x[start:start + passes.BATCH_ROWS])
+            return pl.DataFrame({"v": acc})
+
+        def merge(a: pl.DataFrame, b: pl.DataFrame) -> pl.DataFrame:
+            return pl.DataFrame({"v": a["v"].to_numpy() + b["v"].to_numpy()})
+
+        result = engine.reduce(files.path, Reducer(partial, merge), columns=list(files.columns), version=files.version)
+        return np.zeros(length) if result.partial is None else result.partial["v"].to_numpy()
 
     return run_pass
 
@@ -104,6 +143,7 @@ def fit_all(
     summary: np.ndarray | None = None,
     label: str = "",
     local: bool | None = None,
+    files: FileInput | None = None,
 ) -> Fitted:
     """Summary, driver-side fit of every k, and full-data Lloyd refinement of ``frame``.
 
@@ -127,6 +167,8 @@ def fit_all(
     local : bool, optional
         Run the Lloyd passes on the driver over the summary (it must hold every row).
         Default: exactly when it does (``rows <= summary_rows``); False forces Spark passes.
+    files : FileInput, optional
+        The passes read ``frame``'s rows from the input's files (see :func:`runner`).
 
     Returns
     -------
@@ -152,7 +194,7 @@ def fit_all(
             if n_distinct >= k:
                 skipped[k] = f"the summary has fewer distinct points than k={k}; raise summary_rows"
     init = {k: c for k, c in init.items() if c is not None}
-    fits = lloyd.refine(local_runner(summary) if local else runner(frame), init, pivot=pivot, tol=settings.tol,
+    fits = lloyd.refine(local_runner(summary) if local else runner(frame, files), init, pivot=pivot, tol=settings.tol,
                         max_passes=settings.max_iter, progress=lambda m: run.progress(label + m)) if init else {}
     return Fitted(pivot, fits, skipped, int(summary.shape[0]), local)
 
@@ -185,7 +227,8 @@ def run_batched(
 
     secs: dict[str, float] = {}
     t0 = time.monotonic()
-    fitted = fit_all(prep.frame, ks, settings, run, rows=prep.rows, key=prep.sample_key, summary=sample_x)
+    fitted = fit_all(prep.frame, ks, settings, run, rows=prep.rows, key=prep.sample_key, summary=sample_x,
+                     files=prep.files)
     pivot, fits = fitted.pivot, fitted.fits
     order = [k for k in ks if k in fits]
     gmm = [gmm_params(sample_x, k, pivot=pivot, seed=settings.seed) for k in order] if settings.gmm else []
@@ -193,7 +236,7 @@ def run_batched(
     run.progress(f"evaluation pass: inertia, Calinski-Harabasz, Davies-Bouldin, Spark silhouette"
                  f"{', GMM log-likelihood' if gmm else ''} for k={','.join(map(str, order))}")
     t0 = time.monotonic()
-    run_pass = local_runner(sample_x) if fitted.local else runner(prep.frame)
+    run_pass = local_runner(sample_x) if fitted.local else runner(prep.frame, prep.files)
     evals = dict(zip(order, lloyd.evaluate(run_pass, [fits[k] for k in order], pivot=pivot, gmm=gmm),
                      strict=True)) if order else {}
     secs["evaluation"] = time.monotonic() - t0
@@ -262,8 +305,12 @@ def run_batched(
         results, skipped, {m: round(s, 3) for m, s in secs.items()}, method_rows, gap_info, sample_ids, sample_x,
         label_sample=lambda k: sample_labels[:, index[k]],
         assignments=lambda keep: assignments(prep.frame, {k: fits[k].centres for k in keep}, pivot=pivot),
+        write_assignments=(lambda keep, path: write_assignment_files(
+            spark, prep.files, {k: fits[k].centres for k in keep}, pivot=pivot, path=path))
+        if prep.files is not None and prep.row_id_given else None,
         details={"summary_rows": fitted.summary_rows, "passes": max((f.n_iter for f in fits.values()), default=0) + 1,
-                 "passes_on": "driver" if fitted.local else "spark", "silhouette_sample_rows": n_sil},
+                 "passes_on": "driver" if fitted.local else "files" if prep.files else "spark",
+                 "silhouette_sample_rows": n_sil},
     )
 
 
@@ -297,3 +344,29 @@ def assignments(frame: DataFrame, centres: dict[int, np.ndarray], *, pivot: np.n
 
     return frame.select(ROW_ID, *names).mapInArrow(label, f"{ROW_ID} long, k int, cluster int")
 
+
+
+def write_assignment_files(spark: SparkSession, files: FileInput, centres: dict[int, np.ndarray], *,
+                           pivot: np.ndarray, path: str) -> None:
+    """The ``assignments`` table of :func:`assignments`, written by the engine's tasks: each
+    reads an input file, labels its rows and writes Parquet files; one commit (overwrite)."""
+    import polars as pl
+
+    from pipelines.engine import Engine, Sink, arrow_schema
+
+    ks = sorted(centres)
+    bank = lloyd.Bank.stack([centres[k] for k in ks])
+
+    def label(frame: pl.DataFrame) -> pl.DataFrame:
+        kept, x = files.rows(frame)
+        ids = frame[ROW_ID].cast(pl.Int64).to_numpy()
+        ids = ids if kept is None else ids[kept]
+        with _threads_one():
+            lab = np.vstack([lloyd.labels_for(x[s:s + passes.BATCH_ROWS], pivot=pivot, bank=bank)
+                             for s in range(0, x.shape[0], passes.BATCH_ROWS)] or [np.zeros((0, len(ks)), np.int64)])
+        return pl.DataFrame({ROW_ID: np.repeat(ids, len(ks)), "k": np.tile(np.array(ks, dtype=np.int32), ids.shape[0]),
+                             "cluster": lab.ravel().astype(np.int32)})
+
+    schema = arrow_schema({ROW_ID: pl.Int64, "k": pl.Int32, "cluster": pl.Int32})
+    Engine("spark", spark).map(files.path, label, [Sink(path, schema, ("k",))], columns=[ROW_ID, *files.columns],
+                               version=files.version)

@@ -126,8 +126,10 @@ def read_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> 
         raise UserError(f"{path}: input not found")
     fmt = settings.format or _infer_format(path)
     run.details["dataset"] = {"name": path, "format": fmt}
-    if fmt == "delta":
-        return delta.read_table(spark, path)
+    if fmt == "delta":  # pinned: every pass, Spark's or the engine's, reads this version
+        version = delta.table_version(path) if delta._named(path) is None else None
+        run.details["dataset"]["version"] = version
+        return delta.read_table(spark, path, version=version)
     try:
         if fmt == "csv":
             return spark.read.option("header", True).option("inferSchema", True).csv(path)
@@ -299,6 +301,71 @@ def feature_columns(d: int) -> list[str]:
     return [f"_f{i}" for i in range(d)]
 
 
+# Feature types whose cast to double is exact in numpy as in Spark (not decimals or strings).
+_FILE_TYPES = ("double", "float", "bigint", "int", "smallint", "tinyint")
+
+
+@dataclass(frozen=True)
+class FileInput:
+    """The prepared rows read straight from the input's Parquet files (no JVM in between).
+
+    A pass of :mod:`pipelines.engine` opens each data file in its task and turns the raw
+    feature columns into the clustering rows with numpy, exactly as :func:`prepare`'s
+    Spark expressions do: cast to double, drop or mean-fill the rows with a null, NaN or
+    infinite feature, then ``(x - shift) / scale``.
+    """
+
+    path: str
+    version: int | None
+    columns: tuple[str, ...]
+    drop_invalid: bool
+    fill: tuple[float, ...]  # per column: the mean imputed into its bad values (impute=mean)
+    shift: tuple[float, ...]
+    scale: tuple[float, ...]
+
+    def matrix(self, frame: Any) -> np.ndarray:
+        """The (n, d) clustering rows of a Polars batch of the input."""
+        return self.rows(frame)[1]
+
+    def rows(self, frame: Any) -> tuple[np.ndarray | None, np.ndarray]:
+        """``(kept, x)``: which rows of the batch are kept (None: all of them) and their
+        clustering rows."""
+        import polars as pl
+
+        x = frame.select([pl.col(c).cast(pl.Float64) for c in self.columns]).to_numpy()
+        kept = None
+        ok = np.isfinite(x)
+        if not ok.all():
+            if self.drop_invalid:
+                kept = ok.all(axis=1)
+                x = x[kept]
+            else:
+                x = np.where(ok, x, np.asarray(self.fill)[None, :])
+        return kept, (x - np.asarray(self.shift)) / np.asarray(self.scale)
+
+
+def file_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run, types: dict[str, str],
+               features: list[str]) -> tuple[str, int | None] | None:
+    """``(path, version)`` when the passes can read the input's files themselves, else None.
+
+    That is a Delta table by path or Parquet files, with plain numeric features, where the
+    engine's tasks read files (not a catalog table, not Spark's own Delta on Databricks).
+    """
+    from pipelines.engine import Engine, source
+
+    path = settings.input
+    if path is None or (settings.format or _infer_format(path)) not in ("delta", "parquet"):
+        return None
+    if any(types[c] not in _FILE_TYPES for c in features) or not Engine("spark", spark).reads_files(path):
+        return None
+    version = run.details.get("dataset", {}).get("version")
+    try:
+        names = set(source(path, version=version).schema.names)
+    except UserError:  # e.g. deletion vectors, which only Spark's own Delta reads
+        return None
+    return (path, version) if set(features) <= names else None
+
+
 @dataclass
 class Prepared:
     """The clustering input, streamed from the source (nothing cached).
@@ -319,6 +386,7 @@ class Prepared:
     scale: np.ndarray
     row_id_given: bool
     counts: dict[str, Any] = field(default_factory=dict)
+    files: FileInput | None = None  # the passes read the input's files (None: they read ``frame``)
 
     @property
     def low(self) -> np.ndarray:
@@ -353,6 +421,7 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
     from pyspark.sql import functions as F
 
     features = select_features(df, settings.features, source=source, run=run)
+    types = dict(df.dtypes)
     row_id_given = ROW_ID in df.columns
     if row_id_given:
         df = df.withColumn(ROW_ID, F.col(ROW_ID).cast("long"))
@@ -366,10 +435,12 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
         raise UserError(f"{source}: input has no rows")
     counts: dict[str, Any] = {"rows_input": prof.rows, "rows_with_invalid_features": prof.invalid_rows}
     bad = {c: n for c, n in prof.bad_values.items() if n}
+    fill = np.zeros(len(features))
     if prof.invalid_rows:
         detail = ", ".join(f"{c}: {n}" for c, n in bad.items())
         if settings.impute == "mean":
-            df, prof = _impute_means(df, features, bad)
+            df, prof, means = _impute_means(df, features, bad)
+            fill = np.array([means.get(c, 0.0) for c in features])
             counts["rows_imputed"] = counts["rows_with_invalid_features"]
             counts["values_imputed"] = bad
             run.warn(f"{source}: imputed column means into {counts['rows_imputed']} rows with null/NaN/inf features ({detail})")
@@ -400,11 +471,17 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
             for i, c in enumerate(features)]
     frame = df.select(ROW_ID, *cols)
     vectors = frame.select(ROW_ID, array_to_vector(F.array(*names)).alias(FEATURES))
-    return Prepared(frame, vectors, features, rows, prof, scaled, constant, shift, scale, row_id_given, counts)
+    files = None
+    if (where := file_input(df.sparkSession, settings, run, types, features)) is not None:
+        files = FileInput(where[0], where[1], tuple(features), settings.impute == "drop", tuple(map(float, fill)),
+                          tuple(map(float, shift)), tuple(map(float, scale)))
+    return Prepared(frame, vectors, features, rows, prof, scaled, constant, shift, scale, row_id_given, counts, files)
 
 
-def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tuple[DataFrame, Profile]:
-    """Replace bad values by the mean of the column's finite values; re-profile the result."""
+def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tuple[DataFrame, Profile, dict[str, float]]:
+    """Replace bad values by the mean of the column's finite values; re-profile the result.
+
+    Returns the filled frame, its profile and the mean imputed into each column of ``bad``."""
     from pyspark.sql import functions as F
 
     names = list(bad)
@@ -423,7 +500,7 @@ def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tu
     filled = df.select(
         ROW_ID, *[F.when(_bad(c), F.lit(means[c])).otherwise(F.col(c)).alias(c) if c in bad else F.col(c) for c in features]
     )
-    return filled, profile(filled, features)
+    return filled, profile(filled, features), means
 
 
 def bounded_sample(

@@ -1,7 +1,9 @@
 """One distributed pass = one reduce: a numpy kernel per batch, partials summed on the driver.
 
-:func:`reduce` is the only place the cluster sweep touches Spark's per-partition
-machinery, so it can move onto a shared engine without touching the kernels.
+:func:`reduce` runs the kernels over a Spark DataFrame (``mapInArrow``): the path for inputs
+the engine's tasks cannot read themselves (CSV, catalog tables, the built-in dataset, the
+gap statistic's reference data). Over Delta or Parquet files the same kernels run in
+:mod:`pipelines.engine`'s tasks (:func:`pipelines.cluster.batched.runner`).
 """
 
 from __future__ import annotations

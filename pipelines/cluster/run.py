@@ -172,10 +172,18 @@ def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k
         for r in sweep.results for i, c in enumerate(r.centers)
     ]
     ks = [r.k for r in sweep.results] if settings.keep_assignments else [best_k]
-    writes = {"metrics": (metrics, []), "centers": (spark.createDataFrame(centers, CENTERS_SCHEMA), []),
-              "assignments": (sweep.assignments(ks), ["k"])}
+    writes = {"metrics": (metrics, []), "centers": (spark.createDataFrame(centers, CENTERS_SCHEMA), [])}
+    # the engine's tasks label the input's files and write assignments themselves, unless
+    # the table is one only Spark's Delta may write (a named table)
+    from pipelines.engine import Engine
+
+    direct = sweep.write_assignments is not None and Engine("spark", spark).reads_files(paths["assignments"])
+    if not direct:
+        writes["assignments"] = (sweep.assignments(ks), ["k"])
     # Three independent tables: their Spark jobs and commits run side by side (on small
     # data a write is mostly fixed cost, so this takes about one write's time, not three).
-    run_side_by_side(spark, [(write_table, (df, paths[name]), {"mode": "overwrite", "partition_by": by})
-                             for name, (df, by) in writes.items()])
+    calls = [(write_table, (df, paths[name]), {"mode": "overwrite", "partition_by": by}) for name, (df, by) in writes.items()]
+    if direct:
+        calls.append((sweep.write_assignments, (ks, paths["assignments"]), {}))
+    run_side_by_side(spark, calls)
     return paths

@@ -102,7 +102,9 @@ class Sweep:
     """Results of the sweep: one :class:`KResult` per evaluated k, skipped ks, timings.
 
     ``label_sample(k)`` gives the sample's clusters at k; ``assignments(ks)`` a DataFrame
-    ``_row_id, k, cluster`` of every row for those ks.
+    ``_row_id, k, cluster`` of every row for those ks; ``write_assignments(ks, path)``, when
+    set, writes that table itself (its tasks read the input's files), instead of Spark
+    writing ``assignments(ks)``.
     """
 
     results: list[KResult]
@@ -115,6 +117,7 @@ class Sweep:
     label_sample: Callable[[int], np.ndarray]
     assignments: Callable[[list[int]], DataFrame]
     details: dict[str, Any] = field(default_factory=dict)
+    write_assignments: Callable[[list[int], str], None] | None = None
 
 
 def run_sweep(
