@@ -345,7 +345,6 @@ def assignments(frame: DataFrame, centres: dict[int, np.ndarray], *, pivot: np.n
     return frame.select(ROW_ID, *names).mapInArrow(label, f"{ROW_ID} long, k int, cluster int")
 
 
-
 def write_assignment_files(spark: SparkSession, files: FileInput, centres: dict[int, np.ndarray], *,
                            pivot: np.ndarray, path: str) -> None:
     """The ``assignments`` table of :func:`assignments`, written by the engine's tasks: each
