@@ -14,6 +14,7 @@ from pipelines.cluster import lloyd
 from pipelines.cluster.batched import fit_all, runner
 from pipelines.cluster.data import ROW_ID, feature_columns, prepare, read_input
 from pipelines.config import ClusterEvalSettings
+from pipelines.engine import Engine
 from pipelines.runs import Run
 
 KS = [2, 3, 4, 5]
@@ -115,7 +116,7 @@ def test_assignment_files_equal_the_spark_assignments(spark, tables, tmp_path):
     fitted = fit_all(prep.frame, KS, settings, run, rows=prep.rows, key=prep.sample_key, files=prep.files)
     centres = {k: fitted.fits[k].centres for k in (3, 5)}
     path = str(tmp_path / "assignments")
-    write_assignment_files(spark, prep.files, centres, pivot=fitted.pivot, path=path)
+    write_assignment_files(Engine("spark", spark), prep.files, centres, pivot=fitted.pivot, path=path)
     got = pl.read_delta(path).sort(ROW_ID, "k")
     want = pl.from_arrow(assignments(prep.frame, centres, pivot=fitted.pivot).toArrow()).sort(ROW_ID, "k")
     assert got.height == 2 * 173 and got.select(ROW_ID, "k", "cluster").equals(want.select(ROW_ID, "k", "cluster"))

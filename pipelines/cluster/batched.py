@@ -33,6 +33,7 @@ from pipelines.cluster.data import (
     bounded_sample,
     distinct_points,
     feature_columns,
+    pass_engine,
 )
 from pipelines.cluster.scores import ClusterStats, calinski_harabasz_from_stats, davies_bouldin_from_stats
 
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from pipelines.config import ClusterEvalSettings
+    from pipelines.engine import Engine
     from pipelines.runs import Run
 
 
@@ -51,7 +53,7 @@ def _threads_one():
     return threadpool_limits(1)
 
 
-def runner(frame: DataFrame, files: FileInput | None = None):
+def runner(frame: DataFrame, files: FileInput | None = None, engine: Engine | None = None):
     """``run_pass(kernel, length)`` over the scaled feature columns of ``frame``.
 
     With ``files``, each pass is an engine reduce over the input's files instead: every
@@ -59,9 +61,10 @@ def runner(frame: DataFrame, files: FileInput | None = None):
     through the JVM (Spark's Parquet reader, the row conversion and the Arrow transfer to
     Python were most of a pass: measured in benchmarks/RESULTS.md). The rows are the same;
     the partials are summed per file in path order instead of per Spark partition.
+    ``engine``: the run's (default: :func:`pipelines.cluster.data.pass_engine`'s).
     """
     if files is not None:
-        return _file_runner(frame.sparkSession, files)
+        return _file_runner(pass_engine(engine, frame.sparkSession), files)
     cols = frame.select(*[c for c in frame.columns if c != ROW_ID])
 
     def run_pass(kernel, length: int) -> np.ndarray:
@@ -74,12 +77,10 @@ def runner(frame: DataFrame, files: FileInput | None = None):
     return run_pass
 
 
-def _file_runner(spark: SparkSession, files: FileInput):
+def _file_runner(engine: Engine, files: FileInput):
     import polars as pl
 
-    from pipelines.engine import Engine, Reducer
-
-    engine = Engine("spark", spark)
+    from pipelines.engine import Reducer
 
     def run_pass(kernel, length: int) -> np.ndarray:
         def partial(frame: pl.DataFrame) -> pl.DataFrame:
@@ -194,7 +195,7 @@ def fit_all(
             if n_distinct >= k:
                 skipped[k] = f"the summary has fewer distinct points than k={k}; raise summary_rows"
     init = {k: c for k, c in init.items() if c is not None}
-    fits = lloyd.refine(local_runner(summary) if local else runner(frame, files), init, pivot=pivot, tol=settings.tol,
+    fits = lloyd.refine(local_runner(summary) if local else runner(frame, files, run.engine), init, pivot=pivot, tol=settings.tol,
                         max_passes=settings.max_iter, progress=lambda m: run.progress(label + m)) if init else {}
     return Fitted(pivot, fits, skipped, int(summary.shape[0]), local)
 
@@ -236,7 +237,7 @@ def run_batched(
     run.progress(f"evaluation pass: inertia, Calinski-Harabasz, Davies-Bouldin, Spark silhouette"
                  f"{', GMM log-likelihood' if gmm else ''} for k={','.join(map(str, order))}")
     t0 = time.monotonic()
-    run_pass = local_runner(sample_x) if fitted.local else runner(prep.frame, prep.files)
+    run_pass = local_runner(sample_x) if fitted.local else runner(prep.frame, prep.files, run.engine)
     evals = dict(zip(order, lloyd.evaluate(run_pass, [fits[k] for k in order], pivot=pivot, gmm=gmm),
                      strict=True)) if order else {}
     secs["evaluation"] = time.monotonic() - t0
@@ -306,7 +307,7 @@ def run_batched(
         label_sample=lambda k: sample_labels[:, index[k]],
         assignments=lambda keep: assignments(prep.frame, {k: fits[k].centres for k in keep}, pivot=pivot),
         write_assignments=(lambda keep, path: write_assignment_files(
-            spark, prep.files, {k: fits[k].centres for k in keep}, pivot=pivot, path=path))
+            pass_engine(run.engine, spark), prep.files, {k: fits[k].centres for k in keep}, pivot=pivot, path=path))
         if prep.files is not None and prep.row_id_given else None,
         details={"summary_rows": fitted.summary_rows, "passes": max((f.n_iter for f in fits.values()), default=0) + 1,
                  "passes_on": "driver" if fitted.local else "files" if prep.files else "spark",
@@ -345,13 +346,13 @@ def assignments(frame: DataFrame, centres: dict[int, np.ndarray], *, pivot: np.n
     return frame.select(ROW_ID, *names).mapInArrow(label, f"{ROW_ID} long, k int, cluster int")
 
 
-def write_assignment_files(spark: SparkSession, files: FileInput, centres: dict[int, np.ndarray], *,
+def write_assignment_files(engine: Engine, files: FileInput, centres: dict[int, np.ndarray], *,
                            pivot: np.ndarray, path: str) -> None:
     """The ``assignments`` table of :func:`assignments`, written by the engine's tasks: each
     reads an input file, labels its rows and writes Parquet files; one commit (overwrite)."""
     import polars as pl
 
-    from pipelines.engine import Engine, Sink, arrow_schema
+    from pipelines.engine import Sink, arrow_schema
 
     ks = sorted(centres)
     bank = lloyd.Bank.stack([centres[k] for k in ks])
@@ -367,5 +368,5 @@ def write_assignment_files(spark: SparkSession, files: FileInput, centres: dict[
                              "cluster": lab.ravel().astype(np.int32)})
 
     schema = arrow_schema({ROW_ID: pl.Int64, "k": pl.Int32, "cluster": pl.Int32})
-    Engine("spark", spark).map(files.path, label, [Sink(path, schema, ("k",))], columns=[ROW_ID, *files.columns],
+    engine.map(files.path, label, [Sink(path, schema, ("k",))], columns=[ROW_ID, *files.columns],
                                version=files.version)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
     from pipelines.config import ClusterEvalSettings
+    from pipelines.engine import Engine
     from pipelines.runs import Run
 
 FEATURES = "features"
@@ -344,6 +345,14 @@ class FileInput:
         return kept, (x - np.asarray(self.shift)) / np.asarray(self.scale)
 
 
+def pass_engine(engine: Engine | None, spark: SparkSession) -> Engine:
+    """The engine that runs the passes over the input's files: the run's (the ``engine``
+    config), or the default Spark engine where a caller built the run without one."""
+    from pipelines.engine import Engine
+
+    return engine if engine is not None else Engine("spark", spark)
+
+
 def file_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run, types: dict[str, str],
                features: list[str]) -> tuple[str, int | None] | None:
     """``(path, version)`` when the passes can read the input's files themselves, else None.
@@ -351,12 +360,12 @@ def file_input(spark: SparkSession, settings: ClusterEvalSettings, run: Run, typ
     That is a Delta table by path or Parquet files, with plain numeric features, where the
     engine's tasks read files (not a catalog table, not Spark's own Delta on Databricks).
     """
-    from pipelines.engine import Engine, source
+    from pipelines.engine import source
 
     path = settings.input
     if path is None or (settings.format or _infer_format(path)) not in ("delta", "parquet"):
         return None
-    if any(types[c] not in _FILE_TYPES for c in features) or not Engine("spark", spark).reads_files(path):
+    if any(types[c] not in _FILE_TYPES for c in features) or not pass_engine(run.engine, spark).reads_files(path):
         return None
     version = run.details.get("dataset", {}).get("version")
     try:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from pipelines.config import ClusterEvalSettings
+    from pipelines.engine import Engine
     from pipelines.runs import Run
 
 METRICS_SCHEMA = (
@@ -98,7 +99,7 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
             run.warn(f"k={', '.join(map(str, moving))} did not converge within max_iter={settings.max_iter} "
                      "passes; their metrics are for the last centres")
         with run.timed("write tables"):
-            run.outputs.update(_write_tables(spark, prep, sweep, best_k, settings, out))
+            run.outputs.update(_write_tables(spark, prep, sweep, best_k, settings, out, run.engine))
         summary = _summary(run, settings, prep, sweep, choice)
         with run.timed("report"):
             shown = [k for k in (best_k, choice.get("runner_up")) if k is not None]
@@ -162,7 +163,7 @@ def _summary(run: Run, settings: ClusterEvalSettings, prep: data.Prepared, sweep
 
 
 def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k: int | None,
-                  settings: ClusterEvalSettings, out: str) -> dict[str, str]:
+                  settings: ClusterEvalSettings, out: str, engine: Engine | None) -> dict[str, str]:
     from pipelines.delta import write_table
 
     paths = {name: fs.join(out, name) for name in ("metrics", "centers", "assignments")}
@@ -175,9 +176,7 @@ def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k
     writes = {"metrics": (metrics, []), "centers": (spark.createDataFrame(centers, CENTERS_SCHEMA), [])}
     # the engine's tasks label the input's files and write assignments themselves, unless
     # the table is one only Spark's Delta may write (a named table)
-    from pipelines.engine import Engine
-
-    direct = sweep.write_assignments is not None and Engine("spark", spark).reads_files(paths["assignments"])
+    direct = sweep.write_assignments is not None and data.pass_engine(engine, spark).reads_files(paths["assignments"])
     if not direct:
         writes["assignments"] = (sweep.assignments(ks), ["k"])
     # Three independent tables: their Spark jobs and commits run side by side (on small
