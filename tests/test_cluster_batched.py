@@ -8,7 +8,7 @@ import pytest
 from sklearn import datasets, metrics
 
 from pipelines.cluster import lloyd
-from pipelines.cluster.batched import assignments, fit_all, local_runner, runner, stats_of
+from pipelines.cluster.batched import assignments, fit_all, local_runner, runner, stats_of, write_assignment_rows
 from pipelines.cluster.data import ROW_ID, feature_columns, select_features
 from pipelines.cluster.scores import calinski_harabasz_from_stats, davies_bouldin_from_stats
 from pipelines.config import ClusterEvalSettings
@@ -96,6 +96,25 @@ def test_driver_passes_on_a_whole_summary_equal_the_spark_passes(spark, wine, on
     for k in KS:
         assert davies_bouldin_from_stats(stats_of(evals[k])) == pytest.approx(
             metrics.davies_bouldin_score(wine, labels[k]), rel=1e-9)
+
+
+def test_driver_written_assignments_equal_spark_labelling_the_frame(spark, wine, tmp_path):
+    """Below summary_rows the job labels and writes ``assignments`` on the driver (no Spark
+    job): the same rows as Spark labelling the prepared frame."""
+    import polars as pl
+
+    df = frame(spark, wine, 3)
+    run = Run(job="test", output="unused")
+    fitted = fit_all(df, KS, ClusterEvalSettings(n_init=3), run, rows=wine.shape[0], key=[ROW_ID], local=True)
+    centres = {k: fitted.fits[k].centres for k in KS}
+    path = str(tmp_path / "assignments")
+    write_assignment_rows(np.arange(wine.shape[0]), np.asarray(wine, dtype=np.float64), centres, pivot=fitted.pivot,
+                          path=path)
+    got = pl.read_delta(path).select(ROW_ID, "k", "cluster").sort("k", ROW_ID)
+    want = pl.from_arrow(assignments(df, centres, pivot=fitted.pivot).toArrow()).sort("k", ROW_ID)
+    df.unpersist()
+    assert got.height == wine.shape[0] * len(KS)
+    assert got.equals(want)
 
 
 def test_a_sampled_summary_does_not_depend_on_partitioning(spark):

@@ -298,6 +298,14 @@ def run_batched(
                                                                                    label))
         secs["gap"] = time.monotonic() - t0
     index = {k: j for j, k in enumerate(order)}
+    write = None
+    if fitted.local:  # every row is on the driver: label and write them there
+        def write(keep: list[int], path: str) -> None:
+            write_assignment_rows(sample_ids, sample_x, {k: fits[k].centres for k in keep}, pivot=pivot, path=path)
+    elif prep.files is not None and prep.row_id_given:
+        def write(keep: list[int], path: str) -> None:
+            write_assignment_files(pass_engine(run.engine, spark), prep.files, {k: fits[k].centres for k in keep},
+                                   pivot=pivot, path=path)
     method_rows = {
         "summary_lloyd": prep.rows, "evaluation": prep.rows, "silhouette_sample": n_sil if sil else 0,
         "gap": int(gap_info["rows"]) if gap_info else 0,
@@ -306,9 +314,8 @@ def run_batched(
         results, skipped, {m: round(s, 3) for m, s in secs.items()}, method_rows, gap_info, sample_ids, sample_x,
         label_sample=lambda k: sample_labels[:, index[k]],
         assignments=lambda keep: assignments(prep.frame, {k: fits[k].centres for k in keep}, pivot=pivot),
-        write_assignments=(lambda keep, path: write_assignment_files(
-            pass_engine(run.engine, spark), prep.files, {k: fits[k].centres for k in keep}, pivot=pivot, path=path))
-        if prep.files is not None and prep.row_id_given else None,
+        write_assignments=write,
+        assignments_on_driver=fitted.local,
         details={"summary_rows": fitted.summary_rows, "passes": max((f.n_iter for f in fits.values()), default=0) + 1,
                  "passes_on": "driver" if fitted.local else "files" if prep.files else "spark",
                  "silhouette_sample_rows": n_sil},
@@ -346,6 +353,32 @@ def assignments(frame: DataFrame, centres: dict[int, np.ndarray], *, pivot: np.n
     return frame.select(ROW_ID, *names).mapInArrow(label, f"{ROW_ID} long, k int, cluster int")
 
 
+def _labelled(ids: np.ndarray, x: np.ndarray, ks: list[int], bank: lloyd.Bank, pivot: np.ndarray) -> dict[str, np.ndarray]:
+    """``_row_id, k, cluster`` columns of rows ``x`` (ids ``ids``) for every k of ``bank``,
+    labelled in batches of :data:`passes.BATCH_ROWS`, as the passes label them."""
+    with _threads_one():
+        lab = np.vstack([lloyd.labels_for(x[s:s + passes.BATCH_ROWS], pivot=pivot, bank=bank)
+                         for s in range(0, x.shape[0], passes.BATCH_ROWS)] or [np.zeros((0, len(ks)), np.int64)])
+    return {ROW_ID: np.repeat(ids.astype(np.int64), len(ks)), "k": np.tile(np.array(ks, dtype=np.int32), ids.shape[0]),
+            "cluster": lab.ravel().astype(np.int32)}
+
+
+def write_assignment_rows(ids: np.ndarray, x: np.ndarray, centres: dict[int, np.ndarray], *, pivot: np.ndarray,
+                          path: str) -> None:
+    """The ``assignments`` table of :func:`assignments` for rows held on the driver (the
+    whole input, when its passes ran there): one commit (overwrite), no Spark job for a
+    path table."""
+    import pyarrow as pa
+
+    from pipelines import delta
+
+    ks = sorted(centres)
+    cols = _labelled(ids, x, ks, lloyd.Bank.stack([centres[k] for k in ks]), pivot)
+    order = np.lexsort((cols[ROW_ID], cols["k"]))  # by k, then row id: one file per k, in id order
+    table = pa.table({name: pa.array(v[order]) for name, v in cols.items()})
+    delta.write_polars(table, path, mode="overwrite", partition_by=["k"])
+
+
 def write_assignment_files(engine: Engine, files: FileInput, centres: dict[int, np.ndarray], *,
                            pivot: np.ndarray, path: str) -> None:
     """The ``assignments`` table of :func:`assignments`, written by the engine's tasks: each
@@ -360,12 +393,7 @@ def write_assignment_files(engine: Engine, files: FileInput, centres: dict[int, 
     def label(frame: pl.DataFrame) -> pl.DataFrame:
         kept, x = files.rows(frame)
         ids = frame[ROW_ID].cast(pl.Int64).to_numpy()
-        ids = ids if kept is None else ids[kept]
-        with _threads_one():
-            lab = np.vstack([lloyd.labels_for(x[s:s + passes.BATCH_ROWS], pivot=pivot, bank=bank)
-                             for s in range(0, x.shape[0], passes.BATCH_ROWS)] or [np.zeros((0, len(ks)), np.int64)])
-        return pl.DataFrame({ROW_ID: np.repeat(ids, len(ks)), "k": np.tile(np.array(ks, dtype=np.int32), ids.shape[0]),
-                             "cluster": lab.ravel().astype(np.int32)})
+        return pl.DataFrame(_labelled(ids if kept is None else ids[kept], x, ks, bank, pivot))
 
     schema = arrow_schema({ROW_ID: pl.Int64, "k": pl.Int32, "cluster": pl.Int32})
     engine.map(files.path, label, [Sink(path, schema, ("k",))], columns=[ROW_ID, *files.columns],

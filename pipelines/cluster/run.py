@@ -29,6 +29,24 @@ METRICS_SCHEMA = (
 CENTERS_SCHEMA = (
     "k int, algorithm string, cluster int, size bigint, center array<double>, center_input_units array<double>"
 )
+
+
+def _arrow(fields: list[tuple[str, str]]):
+    import pyarrow as pa
+
+    types = {"int": pa.int32(), "bigint": pa.int64(), "string": pa.string(), "double": pa.float64(),
+             "boolean": pa.bool_(), "array<bigint>": pa.list_(pa.int64()), "array<double>": pa.list_(pa.float64())}
+    return pa.schema([(name, types[t]) for name, t in fields])
+
+
+def _fields(ddl: str) -> list[tuple[str, str]]:
+    return [tuple(part.strip().split(" ", 1)) for part in ddl.split(",")]  # type: ignore[misc]
+
+
+# The same schemas in Arrow (the tables are built on the driver; tests check the
+# written tables' Spark schemas against the DDL above).
+_METRICS_ARROW = _arrow(_fields(METRICS_SCHEMA))
+_CENTERS_ARROW = _arrow(_fields(CENTERS_SCHEMA))
 # A scatter needs far fewer points than the exact silhouette; this bounds it when the
 # silhouette sample is off.
 _SCATTER_ROWS = 2000
@@ -164,25 +182,39 @@ def _summary(run: Run, settings: ClusterEvalSettings, prep: data.Prepared, sweep
 
 def _write_tables(spark: SparkSession, prep: data.Prepared, sweep: Sweep, best_k: int | None,
                   settings: ClusterEvalSettings, out: str, engine: Engine | None) -> dict[str, str]:
-    from pipelines.delta import write_table
+    """The ``metrics``, ``centers`` and ``assignments`` tables, written side by side.
+
+    ``metrics`` and ``centers`` are a few rows built on the driver: they are written
+    without a Spark job (:func:`pipelines.delta.write_polars`, as the other small
+    driver-side tables; a named table still goes through Spark's Delta). ``assignments``
+    is written by whoever holds the rows: the driver when its passes ran there, the
+    engine's tasks over the input's files, or else Spark from the prepared frame.
+    """
+    import pyarrow as pa
+
+    from pipelines.delta import write_polars, write_table
 
     paths = {name: fs.join(out, name) for name in ("metrics", "centers", "assignments")}
-    metrics = spark.createDataFrame([tuple(r.row()[c] for c in METRICS_COLUMNS) for r in sweep.results], METRICS_SCHEMA)
-    centers = [
+
+    def arrow(rows: list[tuple], schema: pa.Schema) -> pa.Table:
+        return pa.Table.from_pylist([dict(zip(schema.names, r, strict=True)) for r in rows], schema=schema)
+
+    metrics = arrow([tuple(r.row()[c] for c in METRICS_COLUMNS) for r in sweep.results], _METRICS_ARROW)
+    centers = arrow([
         (r.k, r.algorithm, i, r.cluster_sizes[i], c.tolist(), prep.to_input_units(c).tolist())
         for r in sweep.results for i, c in enumerate(r.centers)
-    ]
+    ], _CENTERS_ARROW)
     ks = [r.k for r in sweep.results] if settings.keep_assignments else [best_k]
-    writes = {"metrics": (metrics, []), "centers": (spark.createDataFrame(centers, CENTERS_SCHEMA), [])}
-    # the engine's tasks label the input's files and write assignments themselves, unless
-    # the table is one only Spark's Delta may write (a named table)
-    direct = sweep.write_assignments is not None and data.pass_engine(engine, spark).reads_files(paths["assignments"])
-    if not direct:
-        writes["assignments"] = (sweep.assignments(ks), ["k"])
-    # Three independent tables: their Spark jobs and commits run side by side (on small
-    # data a write is mostly fixed cost, so this takes about one write's time, not three).
-    calls = [(write_table, (df, paths[name]), {"mode": "overwrite", "partition_by": by}) for name, (df, by) in writes.items()]
+    calls = [(write_polars, (table, paths[name]), {"mode": "overwrite"})
+             for name, table in (("metrics", metrics), ("centers", centers))]
+    writer = sweep.write_assignments
+    direct = writer is not None and (sweep.assignments_on_driver
+                                     or data.pass_engine(engine, spark).reads_files(paths["assignments"]))
     if direct:
-        calls.append((sweep.write_assignments, (ks, paths["assignments"]), {}))
+        calls.append((writer, (ks, paths["assignments"]), {}))
+    else:
+        calls.append((write_table, (sweep.assignments(ks), paths["assignments"]), {"mode": "overwrite",
+                                                                                    "partition_by": ["k"]}))
+    # Three independent tables: their commits (and the assignments' Spark job) run side by side.
     run_side_by_side(spark, calls)
     return paths

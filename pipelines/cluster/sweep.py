@@ -103,8 +103,9 @@ class Sweep:
 
     ``label_sample(k)`` gives the sample's clusters at k; ``assignments(ks)`` a DataFrame
     ``_row_id, k, cluster`` of every row for those ks; ``write_assignments(ks, path)``, when
-    set, writes that table itself (its tasks read the input's files), instead of Spark
-    writing ``assignments(ks)``.
+    set, writes that table itself instead of Spark writing ``assignments(ks)``: from the
+    rows on the driver (``assignments_on_driver``: any table), or with the engine's tasks
+    reading the input's files (a table they may write).
     """
 
     results: list[KResult]
@@ -118,6 +119,7 @@ class Sweep:
     assignments: Callable[[list[int]], DataFrame]
     details: dict[str, Any] = field(default_factory=dict)
     write_assignments: Callable[[list[int], str], None] | None = None
+    assignments_on_driver: bool = False
 
 
 def run_sweep(
