@@ -293,6 +293,15 @@ def table_version(path: str) -> int | None:
     return _named_version(_session_for(name), name) if name else _open(path).version()
 
 
+def table_rows(path: str, version: int | None = None) -> int | None:
+    """The table's row count from its log's file statistics (no data read), or None when
+    a file has no row count there (or ``path`` is a named table)."""
+    if _named(path) is not None:
+        return None
+    counts = pa.table(_open(path, version).get_add_actions(flatten=True)).column("num_records").to_pylist()
+    return None if any(c is None for c in counts) else int(sum(counts))
+
+
 def table_schema(path: str) -> pa.Schema:
     """The table's schema as Arrow (partition columns included)."""
     name = _named(path)

@@ -8,7 +8,14 @@ import pytest
 from sklearn import datasets, metrics
 
 from pipelines.cluster import lloyd
-from pipelines.cluster.batched import assignments, fit_all, local_runner, runner, stats_of, write_assignment_rows
+from pipelines.cluster.batched import (
+    assignments,
+    fit_all,
+    local_runner,
+    runner,
+    stats_of,
+    write_assignment_rows,
+)
 from pipelines.cluster.data import ROW_ID, feature_columns, select_features
 from pipelines.cluster.scores import calinski_harabasz_from_stats, davies_bouldin_from_stats
 from pipelines.config import ClusterEvalSettings

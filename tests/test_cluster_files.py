@@ -121,3 +121,51 @@ def test_assignment_files_equal_the_spark_assignments(spark, tables, tmp_path):
     want = pl.from_arrow(assignments(prep.frame, centres, pivot=fitted.pivot).toArrow()).sort(ROW_ID, "k")
     assert got.height == 2 * 173 and got.select(ROW_ID, "k", "cluster").equals(want.select(ROW_ID, "k", "cluster"))
     assert delta._open(path).metadata().partition_columns == ["k"]
+
+
+def _bits(a) -> bytes:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float64)).tobytes()
+
+
+@pytest.mark.parametrize("impute", ["drop", "mean"])
+@pytest.mark.parametrize("n_files", [1, 7])
+def test_a_small_input_prepared_on_the_driver_equals_the_spark_prepare_bit_for_bit(spark, tables, impute, n_files):
+    """At most summary_rows rows: one Spark job brings them to the driver, and the profile
+    (per-partition sums and moment updates as Spark's aggregates make them), the imputed
+    means, the scaling and the seeded sample are bit for bit those of the Spark steps."""
+    from pipelines.cluster.data import bounded_sample, held_sample
+
+    path = tables[n_files]
+    settings = ClusterEvalSettings(input=path, format="delta", impute=impute, summary_rows=1000, n_init=3)
+    spark_run, held_run = Run(job="test", output="unused"), Run(job="test", output="unused")
+    on_spark = prepare(read_input(spark, settings, spark_run), settings, spark_run, source=path)
+    held = prepare(read_input(spark, settings, held_run), settings, held_run, source=path, collect_up_to=1000)
+    assert on_spark.held is None and held.held is not None
+    assert held.counts == on_spark.counts and held_run.warnings == spark_run.warnings
+    for name in ("mean", "std", "minimum", "maximum"):
+        assert _bits(getattr(held.profile, name)) == _bits(getattr(on_spark.profile, name)), name
+    assert _bits(held.shift) == _bits(on_spark.shift) and _bits(held.scale) == _bits(on_spark.scale)
+    ids, x = held_sample(held, n_max=1000)
+    want_ids, want_x = bounded_sample(on_spark.frame, n_max=1000, rows=on_spark.rows, seed=settings.seed,
+                                      key=on_spark.sample_key)
+    np.testing.assert_array_equal(ids, want_ids)
+    assert _bits(x) == _bits(want_x)
+    # above the threshold the Spark steps run
+    over = Run(job="test", output="unused")
+    assert prepare(read_input(spark, settings, over), settings, over, source=path, collect_up_to=100).held is None
+
+
+def test_the_built_in_dataset_prepared_on_the_driver_equals_the_spark_prepare(spark):
+    from pipelines.cluster.data import DEFAULT_ROWS, bounded_sample, held_sample
+
+    settings = ClusterEvalSettings(n_init=3)
+    a_run, b_run = Run(job="test", output="unused"), Run(job="test", output="unused")
+    a = prepare(read_input(spark, settings, a_run), settings, a_run, source="built-in")
+    b = prepare(read_input(spark, settings, b_run), settings, b_run, source="built-in", collect_up_to=DEFAULT_ROWS)
+    assert b.held is not None and b.held.ids.shape[0] == DEFAULT_ROWS
+    assert _bits(a.shift) == _bits(b.shift) and _bits(a.scale) == _bits(b.scale)
+    ids, x = held_sample(b, n_max=settings.summary_rows)
+    want_ids, want_x = bounded_sample(a.frame, n_max=settings.summary_rows, rows=a.rows, seed=settings.seed,
+                                      key=a.sample_key)
+    np.testing.assert_array_equal(ids, want_ids)
+    assert _bits(x) == _bits(want_x)

@@ -279,7 +279,12 @@ def profile(df: DataFrame, features: list[str]) -> Profile:
             F.min(good[c]).alias(f"min{i}"),
             F.max(good[c]).alias(f"max{i}"),
         ]
-    parts = _partition_moments(df, aggs)
+    return _profile_of(_partition_moments(df, aggs), d, features)
+
+
+def _profile_of(parts: list[Any], d: int, features: list[str]) -> Profile:
+    """The :class:`Profile` of per-partition aggregate rows (Spark's or :func:`_held_moments`'),
+    merged in partition order."""
     counts = [_vector(r, "n", d) for r in parts]
     n, mean, m2 = _merge_moments([(c, _vector(r, "mean", d), c * _vector(r, "var", d))
                                   for c, r in zip(counts, parts, strict=True)], d)
@@ -396,6 +401,7 @@ class Prepared:
     row_id_given: bool
     counts: dict[str, Any] = field(default_factory=dict)
     files: FileInput | None = None  # the passes read the input's files (None: they read ``frame``)
+    held: Held | None = None  # every row is on the driver (a small input; see prepare's collect_up_to)
 
     @property
     def low(self) -> np.ndarray:
@@ -418,8 +424,13 @@ class Prepared:
         return centers * self.scale + self.shift
 
 
-def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: str) -> Prepared:
+def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: str, collect_up_to: int = 0) -> Prepared:
     """Check features, handle bad values and scale: ``_row_id`` + scaled feature columns.
+
+    ``collect_up_to``: an input with a ``_row_id`` and at most this many rows, known from
+    :func:`known_rows` without reading it, is brought to the driver in one Spark job
+    (:class:`Held`) and profiled there, bit for bit as :func:`profile` does in Spark;
+    0 (the default) keeps every step in Spark.
 
     Raises
     ------
@@ -439,7 +450,12 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
         df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
     df = df.select(ROW_ID, *[F.col(c).cast("double").alias(c) for c in features])
 
-    prof = profile(df, features)
+    held = None
+    if collect_up_to and row_id_given and (known := known_rows(settings, run)) is not None and known <= collect_up_to:
+        held = _collect(df, features, settings.seed)
+        run.progress(f"{held.ids.shape[0]} rows (at most summary_rows={collect_up_to}): prepared on the driver")
+    d = len(features)
+    prof = profile(df, features) if held is None else _profile_of(_held_moments(held, d), d, features)
     if prof.rows == 0:
         raise UserError(f"{source}: input has no rows")
     counts: dict[str, Any] = {"rows_input": prof.rows, "rows_with_invalid_features": prof.invalid_rows}
@@ -448,7 +464,7 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
     if prof.invalid_rows:
         detail = ", ".join(f"{c}: {n}" for c, n in bad.items())
         if settings.impute == "mean":
-            df, prof, means = _impute_means(df, features, bad)
+            df, prof, means = _impute_means(df, features, bad, held)
             fill = np.array([means.get(c, 0.0) for c in features])
             counts["rows_imputed"] = counts["rows_with_invalid_features"]
             counts["values_imputed"] = bad
@@ -457,6 +473,8 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
             from functools import reduce
 
             df = df.filter(~reduce(lambda a, b: a | b, [_bad(c) for c in features]))
+            if held is not None:
+                held = held.keep(np.isfinite(held.x).all(axis=1))
             counts["rows_excluded"] = prof.invalid_rows
             counts["values_invalid"] = bad
             run.warn(f"{source}: excluded {prof.invalid_rows} rows with null/NaN/inf features ({detail})")
@@ -484,23 +502,31 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
     if (where := file_input(df.sparkSession, settings, run, types, features)) is not None:
         files = FileInput(where[0], where[1], tuple(features), settings.impute == "drop", tuple(map(float, fill)),
                           tuple(map(float, shift)), tuple(map(float, scale)))
-    return Prepared(frame, vectors, features, rows, prof, scaled, constant, shift, scale, row_id_given, counts, files)
+    return Prepared(frame, vectors, features, rows, prof, scaled, constant, shift, scale, row_id_given, counts, files,
+                    held)
 
 
-def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tuple[DataFrame, Profile, dict[str, float]]:
+def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int],
+                  held: Held | None = None) -> tuple[DataFrame, Profile, dict[str, float]]:
     """Replace bad values by the mean of the column's finite values; re-profile the result.
+
+    With ``held``, the means and the profile are computed from those rows (as Spark
+    computes them), and the held rows are filled in place.
 
     Returns the filled frame, its profile and the mean imputed into each column of ``bad``."""
     from pyspark.sql import functions as F
 
     names = list(bad)
-    aggs = []
-    for i, c in enumerate(names):
-        finite = F.when(~_bad(c), F.col(c))
-        aggs += [F.count(finite).alias(f"n{i}"), F.mean(finite).alias(f"mean{i}")]
     d = len(names)
-    parts = _partition_moments(df, aggs)
-    n, mean, _ = _merge_moments([(_vector(r, "n", d), _vector(r, "mean", d), np.zeros(d)) for r in parts], d)
+    if held is None:
+        aggs = []
+        for i, c in enumerate(names):
+            finite = F.when(~_bad(c), F.col(c))
+            aggs += [F.count(finite).alias(f"n{i}"), F.mean(finite).alias(f"mean{i}")]
+        parts = _partition_moments(df, aggs)
+        n, mean, _ = _merge_moments([(_vector(r, "n", d), _vector(r, "mean", d), np.zeros(d)) for r in parts], d)
+    else:
+        n, mean = _held_means(held, [features.index(c) for c in names])
     means = {}
     for i, c in enumerate(names):
         if not n[i] > 0:
@@ -509,7 +535,115 @@ def _impute_means(df: DataFrame, features: list[str], bad: dict[str, int]) -> tu
     filled = df.select(
         ROW_ID, *[F.when(_bad(c), F.lit(means[c])).otherwise(F.col(c)).alias(c) if c in bad else F.col(c) for c in features]
     )
-    return filled, profile(filled, features), means
+    if held is None:
+        return filled, profile(filled, features), means
+    for c in names:
+        j = features.index(c)
+        held.x[:, j] = np.where(np.isfinite(held.x[:, j]), held.x[:, j], means[c])
+    return filled, _profile_of(_held_moments(held, len(features)), len(features), features), means
+
+
+@dataclass
+class Held:
+    """Every row of a small input on the driver (at most the ``collect_up_to`` of
+    :func:`prepare`): Spark partition, row id, raw features (NaN for null) and the sample
+    hash of :func:`bounded_sample`, in Spark's partition and row order.
+
+    The prepare steps then run on these rows with numpy, computing exactly what Spark's
+    aggregates compute (the same sequential sums and moment updates per partition, merged
+    in partition order), so the results are bit-identical to the Spark path's.
+    """
+
+    part: np.ndarray
+    ids: np.ndarray
+    x: np.ndarray
+    u: np.ndarray
+
+    def keep(self, rows: np.ndarray) -> Held:
+        return Held(self.part[rows], self.ids[rows], self.x[rows], self.u[rows])
+
+
+def known_rows(settings: ClusterEvalSettings, run: Run) -> int | None:
+    """The input's row count without reading it (built-in dataset, a Delta table's log), else None."""
+    if settings.input is None:
+        return DEFAULT_ROWS
+    dataset = run.details.get("dataset", {})
+    if dataset.get("format") != "delta" or dataset.get("version") is None:
+        return None
+    return delta.table_rows(settings.input, dataset["version"])
+
+
+def _collect(df: DataFrame, features: list[str], seed: int) -> Held:
+    """One Spark job: every row of ``df`` (``_row_id`` + double features) to the driver."""
+    from pyspark.sql import functions as F
+
+    # the position encodes (partition, row index): the order profile()'s partials see
+    t = df.select(F.monotonically_increasing_id().alias("_pos"), hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-7))
+                  .alias("_u"), ROW_ID, *features).toArrow()
+    pos = t.column("_pos").to_numpy()
+    order = np.argsort(pos, kind="stable")
+    x = np.column_stack([t.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in features]) \
+        if features else np.empty((t.num_rows, 0))
+    return Held((pos >> 33)[order], t.column(ROW_ID).to_numpy()[order].astype(np.int64), x[order],
+                t.column("_u").to_numpy()[order])
+
+
+def _sequential_sum(x: np.ndarray) -> np.ndarray:
+    """Per column, the left-to-right sum Spark's ``sum`` / ``avg`` accumulate from 0.0."""
+    return np.cumsum(np.vstack([np.zeros((1, x.shape[1])), x]), axis=0)[-1]
+
+
+def _held_moments(held: Held, d: int) -> list[dict[str, Any]]:
+    """:func:`profile`'s aggregate row per partition, computed as Spark computes it: ``avg``
+    is the sequential sum over the count, ``var_pop`` the ``CentralMomentAgg`` update per row."""
+    bad = ~np.isfinite(held.x)
+    any_bad = bad.any(axis=1)
+    parts = []
+    for p in np.unique(held.part):
+        rows = held.part == p
+        good = held.x[rows & ~any_bad]
+        n = good.shape[0]
+        row: dict[str, Any] = {"_part": int(p), "rows": int(rows.sum()), "invalid": int(any_bad[rows].sum())}
+        count, avg, m2 = 0.0, np.zeros(d), np.zeros(d)
+        for value in good:
+            count += 1.0
+            delta = value - avg
+            delta_n = delta / count
+            avg = avg + delta_n
+            m2 = m2 + delta * (delta - delta_n)
+        mean = _sequential_sum(good) / n if n else None
+        for i in range(d):
+            row.update({f"bad{i}": int(bad[rows, i].sum()), f"n{i}": n,
+                        f"mean{i}": None if mean is None else float(mean[i]),
+                        f"var{i}": float(m2[i] / count) if n else None,
+                        f"min{i}": float(good[:, i].min()) if n else None,
+                        f"max{i}": float(good[:, i].max()) if n else None})
+        parts.append(row)
+    return parts
+
+
+def _held_means(held: Held, columns: list[int]) -> np.ndarray:
+    """:func:`_impute_means`' means of the finite values of ``columns``, as Spark computes them."""
+    d = len(columns)
+    parts = []
+    for p in np.unique(held.part):
+        x = held.x[held.part == p][:, columns]
+        ok = np.isfinite(x)
+        n = ok.sum(axis=0).astype(np.float64)
+        sums = _sequential_sum(np.where(ok, x, 0.0))  # adding 0.0 for a skipped value changes no sum
+        parts.append((n, np.divide(sums, n, out=np.zeros(d), where=n > 0), np.zeros(d)))
+    return _merge_moments(parts, d)[:2]
+
+
+def held_sample(prep: Prepared, *, n_max: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bounded_sample` of ``prep.frame`` from the held rows (same rows, same order)."""
+    held = prep.held
+    assert held is not None
+    order = np.lexsort((held.ids, held.u))[:n_max]
+    x = held.x[order]
+    scaled = np.array([c in prep.scaled for c in prep.features], dtype=bool)
+    x = np.where(scaled[None, :], (x - prep.shift) / prep.scale, x)
+    return held.ids[order], x
 
 
 def bounded_sample(

@@ -20,6 +20,7 @@ digits.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -320,13 +321,26 @@ def fit_summary(x: np.ndarray, ks: Sequence[int], *, n_init: int, seed: int) -> 
         k -> centres of shape (k, d), or None for a k above the summary's number of
         distinct points.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     distinct = np.unique(x, axis=0).shape[0]
-    return {
-        k: KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x).cluster_centers_ if k <= distinct else None
-        for k in ks
-    }
+    wanted = [k for k in ks if k <= distinct]
+
+    def fit(k: int) -> np.ndarray:
+        # one OpenMP thread per fit (a thread's own setting), so each k's result is the
+        # single-threaded one whichever worker runs it
+        with threadpool_limits(1, user_api="openmp"):
+            return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x).cluster_centers_
+
+    # The ks are independent fits: one per driver core (scikit-learn's Lloyd loop releases
+    # the GIL). BLAS is held at one thread for the whole pool (its limit is process-wide).
+    workers = max(1, min(len(wanted), os.cpu_count() or 1))
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(workers, thread_name_prefix="kmeans-summary") as pool:
+        centres = dict(zip(wanted, pool.map(fit, wanted), strict=True))
+    return {k: centres.get(k) for k in ks}
 
 
 @dataclass

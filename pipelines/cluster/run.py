@@ -74,14 +74,38 @@ def k_values(settings: ClusterEvalSettings, rows: int | None = None) -> list[int
     return ks
 
 
+def _import_ahead() -> None:
+    """Import the driver-side libraries of the sweep and the report (scikit-learn and
+    matplotlib: about 1.2 s) in a background thread while the JVM runs the first Spark
+    jobs: the driver's Python thread only waits on the JVM then, so the imports cost no
+    wall time. The import system's module locks make the later imports wait for these."""
+    import threading
+
+    def imports() -> None:
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")  # headless, as report.make_plots sets it
+            import matplotlib.pyplot  # noqa: F401
+            import sklearn.cluster  # noqa: F401
+            import sklearn.metrics  # noqa: F401
+        except Exception:  # noqa: BLE001 - only a head start: the real import reports any error
+            pass
+
+    threading.Thread(target=imports, name="cluster-eval-imports", daemon=True).start()
+
+
 def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     """Run cluster_eval with its ``settings``; fill ``run`` and write everything under its output."""
     out = settings.output
     source = settings.input or "built-in dataset"
     k_values(settings)  # a bad --k fails before the data are read and prepared
+    _import_ahead()
     with run.timed("prepare"):
         raw = data.read_input(spark, settings, run)
-        prep = data.prepare(raw, settings, run, source=source)
+        # the kmeans sweep runs its passes on the driver below summary_rows: so does prepare
+        prep = data.prepare(raw, settings, run, source=source,
+                            collect_up_to=settings.summary_rows if settings.algorithm == "kmeans" else 0)
     run.counts.update(prep.counts)
     ks = k_values(settings, prep.rows)
     run.details["features"] = prep.features
@@ -92,8 +116,11 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
             # the batched kmeans sweep fits on this sample (its silhouette uses the first rows)
             n_sample = settings.summary_rows if batched else settings.silhouette_sample or _SCATTER_ROWS
             run.progress(f"sample pass: seeded sample of at most {n_sample} of {prep.rows} rows")
-            sample_ids, sample_x = data.bounded_sample(prep.frame, n_max=n_sample, rows=prep.rows, seed=settings.seed,
-                                                       key=prep.sample_key)
+            if prep.held is not None:  # every row is on the driver
+                sample_ids, sample_x = data.held_sample(prep, n_max=n_sample)
+            else:
+                sample_ids, sample_x = data.bounded_sample(prep.frame, n_max=n_sample, rows=prep.rows,
+                                                           seed=settings.seed, key=prep.sample_key)
         with run.timed("sweep"):
             if batched:
                 sweep = run_batched(spark, prep, ks, settings, run, sample_ids=sample_ids, sample_x=sample_x)
