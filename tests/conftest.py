@@ -36,6 +36,7 @@ def spark():
         "spark.app.name": "pipelines-tests",
         "spark.sql.shuffle.partitions": "2",
         "spark.default.parallelism": "2",
+        "spark.databricks.delta.snapshotPartitions": "2",  # native Delta's log replay, as conf/local.yaml
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.session.timeZone": "UTC",

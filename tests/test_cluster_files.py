@@ -169,3 +169,22 @@ def test_the_built_in_dataset_prepared_on_the_driver_equals_the_spark_prepare(sp
                                       key=a.sample_key)
     np.testing.assert_array_equal(ids, want_ids)
     assert _bits(x) == _bits(want_x)
+
+
+def test_id_like_columns_of_a_small_input_are_found_on_the_driver_as_in_spark(spark, tmp_path):
+    """An input prepared on the driver counts the distinct integers there (exactly, no Spark
+    job): the same columns are left out as by the Spark check."""
+    n = 300
+    rng = np.random.default_rng(5)
+    path = str(tmp_path / "ids")
+    delta.write_polars(pl.DataFrame({ROW_ID: np.arange(n, dtype=np.int64), "serial": rng.permutation(n) * 7 + 11,
+                                     "customer_id": np.arange(n) % 50, "segment": np.arange(n) % 3,
+                                     "amount": rng.normal(size=n)}), path)
+    settings = ClusterEvalSettings(input=path, format="delta", summary_rows=1000, n_init=3)
+    runs = [Run(job="test", output="unused") for _ in range(2)]
+    preps = [prepare(read_input(spark, settings, r), settings, r, source=path, collect_up_to=c)
+             for r, c in zip(runs, (0, 1000), strict=True)]
+    assert preps[0].held is None and preps[1].held is not None
+    assert preps[0].features == preps[1].features == ["segment", "amount"]
+    assert runs[0].warnings == runs[1].warnings
+    assert "customer_id: named like an id" in runs[1].warnings[0] and "serial: integer, unique per row" in runs[1].warnings[0]

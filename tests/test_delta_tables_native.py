@@ -68,6 +68,7 @@ def native(tmp_path_factory):
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.warehouse.dir", str(root / "warehouse"))
         .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.databricks.delta.snapshotPartitions", "2")  # as conf/local.yaml: few tasks per log replay
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")  # the launcher shows the child's output tail
         .config("spark.sql.session.timeZone", "UTC")

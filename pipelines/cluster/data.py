@@ -147,8 +147,11 @@ def _infer_format(path: str) -> str:
     return "parquet"
 
 
-def _id_like(df: DataFrame, candidates: list[str], types: dict[str, Any]) -> dict[str, str]:
-    """Columns that look like row identifiers, with the reason: named like an id, or integer and unique per row."""
+def _id_like(df: DataFrame, candidates: list[str], types: dict[str, Any], rows: Any = None) -> dict[str, str]:
+    """Columns that look like row identifiers, with the reason: named like an id, or integer and unique per row.
+
+    ``rows``: every row of ``df`` already on the driver (an Arrow table, see :func:`_collect`):
+    the distinct values are counted there, exactly, instead of in a Spark job."""
     import re
 
     from pyspark.sql import functions as F
@@ -156,7 +159,13 @@ def _id_like(df: DataFrame, candidates: list[str], types: dict[str, Any]) -> dic
 
     out = {c: "named like an id" for c in candidates if re.fullmatch(r"(?i)(.*_)?id", c)}
     ints = [c for c in candidates if c not in out and isinstance(types[c], IntegralType)]
-    if ints:
+    if ints and rows is not None:
+        import pyarrow.compute as pc
+
+        n = rows.num_rows
+        out.update({c: "integer, unique per row" for c in ints
+                    if n > 1 and pc.count_distinct(rows.column(c), mode="only_valid").as_py() >= 0.98 * n})
+    elif ints:
         r = df.agg(F.count(F.lit(1)).alias("_n"),
                    *[F.approx_count_distinct(c, 0.01).alias(f"_d{i}") for i, c in enumerate(ints)]).first()
         # approx_count_distinct is within ~1% (rsd 0.01): 98% distinct integers is an id
@@ -164,11 +173,13 @@ def _id_like(df: DataFrame, candidates: list[str], types: dict[str, Any]) -> dic
     return out
 
 
-def select_features(df: DataFrame, features: list[str] | None, *, source: str, run: Run | None = None) -> list[str]:
+def select_features(df: DataFrame, features: list[str] | None, *, source: str, run: Run | None = None,
+                    rows: Any = None) -> list[str]:
     """The feature columns: the given ones (checked), or every numeric column that is not an id.
 
     By default, columns starting with ``_`` and ID-like columns (named ``id`` / ``*_id``,
-    or integer and unique per row) are left out, with a warning naming them.
+    or integer and unique per row) are left out, with a warning naming them. ``rows``:
+    every row on the driver (see :func:`_id_like`).
 
     Raises
     ------
@@ -180,7 +191,7 @@ def select_features(df: DataFrame, features: list[str] | None, *, source: str, r
     types = {f.name: f.dataType for f in df.schema.fields}
     if features is None:
         numeric = default_columns((c, isinstance(t, NumericType)) for c, t in types.items())
-        ids = _id_like(df, numeric, types)
+        ids = _id_like(df, numeric, types, rows)
         if ids and run is not None:
             run.warn(f"{source}: left out ID-like columns ({', '.join(f'{c}: {why}' for c, why in ids.items())}); "
                      "name them in --features to cluster on them")
@@ -439,10 +450,18 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
     """
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType
 
-    features = select_features(df, settings.features, source=source, run=run)
     types = dict(df.dtypes)
     row_id_given = ROW_ID in df.columns
+    rows = None
+    if collect_up_to and row_id_given and (known := known_rows(settings, run)) is not None and known <= collect_up_to:
+        wanted = settings.features or default_columns((f.name, isinstance(f.dataType, NumericType))
+                                                      for f in df.schema.fields)
+        if wanted and len(set(wanted)) == len(wanted) and all(types.get(c) in _FILE_TYPES for c in wanted):
+            rows = _collect(df, wanted, settings.seed)
+            run.progress(f"{rows.num_rows} rows (at most summary_rows={collect_up_to}): prepared on the driver")
+    features = select_features(df, settings.features, source=source, run=run, rows=rows)
     if row_id_given:
         df = df.withColumn(ROW_ID, F.col(ROW_ID).cast("long"))
     else:
@@ -450,10 +469,7 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
         df = df.withColumn(ROW_ID, F.monotonically_increasing_id())
     df = df.select(ROW_ID, *[F.col(c).cast("double").alias(c) for c in features])
 
-    held = None
-    if collect_up_to and row_id_given and (known := known_rows(settings, run)) is not None and known <= collect_up_to:
-        held = _collect(df, features, settings.seed)
-        run.progress(f"{held.ids.shape[0]} rows (at most summary_rows={collect_up_to}): prepared on the driver")
+    held = None if rows is None else _held(rows, features)
     d = len(features)
     prof = profile(df, features) if held is None else _profile_of(_held_moments(held, d), d, features)
     if prof.rows == 0:
@@ -573,19 +589,29 @@ def known_rows(settings: ClusterEvalSettings, run: Run) -> int | None:
     return delta.table_rows(settings.input, dataset["version"])
 
 
-def _collect(df: DataFrame, features: list[str], seed: int) -> Held:
-    """One Spark job: every row of ``df`` (``_row_id`` + double features) to the driver."""
+def _collect(df: DataFrame, columns: list[str], seed: int) -> Any:
+    """One Spark job: every row of the input ``df`` (``_row_id`` and ``columns`` as they
+    are) to the driver, as an Arrow table in Spark's partition and row order, with the
+    sample hash of :func:`bounded_sample`."""
+    import pyarrow.compute as pc
     from pyspark.sql import functions as F
 
+    row_id = F.col(ROW_ID).cast("long")
     # the position encodes (partition, row index): the order profile()'s partials see
-    t = df.select(F.monotonically_increasing_id().alias("_pos"), hash_uniform(F.lit(seed), F.col(ROW_ID), F.lit(-7))
-                  .alias("_u"), ROW_ID, *features).toArrow()
-    pos = t.column("_pos").to_numpy()
-    order = np.argsort(pos, kind="stable")
-    x = np.column_stack([t.column(c).to_numpy(zero_copy_only=False).astype(np.float64) for c in features]) \
-        if features else np.empty((t.num_rows, 0))
-    return Held((pos >> 33)[order], t.column(ROW_ID).to_numpy()[order].astype(np.int64), x[order],
-                t.column("_u").to_numpy()[order])
+    t = df.select(F.monotonically_increasing_id().alias("_pos"), hash_uniform(F.lit(seed), row_id, F.lit(-7))
+                  .alias("_u"), row_id.alias(ROW_ID), *columns).toArrow()
+    return t.take(pc.sort_indices(t, sort_keys=[("_pos", "ascending")]))
+
+
+def _held(rows: Any, features: list[str]) -> Held:
+    """The :class:`Held` rows of a :func:`_collect` table: features cast to double as Spark casts them."""
+    import polars as pl
+
+    frame = pl.from_arrow(rows.select(features)) if features else None
+    x = frame.select([pl.col(c).cast(pl.Float64) for c in features]).to_numpy() if frame is not None \
+        else np.empty((rows.num_rows, 0))
+    return Held(rows.column("_pos").to_numpy() >> 33, rows.column(ROW_ID).to_numpy().astype(np.int64),
+                np.ascontiguousarray(x, dtype=np.float64), rows.column("_u").to_numpy())
 
 
 def _sequential_sum(x: np.ndarray) -> np.ndarray:
