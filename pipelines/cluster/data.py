@@ -648,7 +648,7 @@ def _held_moments(held: Held, d: int) -> list[dict[str, Any]]:
     return parts
 
 
-def _held_means(held: Held, columns: list[int]) -> np.ndarray:
+def _held_means(held: Held, columns: list[int]) -> tuple[np.ndarray, np.ndarray]:
     """:func:`_impute_means`' means of the finite values of ``columns``, as Spark computes them."""
     d = len(columns)
     parts = []

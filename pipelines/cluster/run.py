@@ -74,33 +74,11 @@ def k_values(settings: ClusterEvalSettings, rows: int | None = None) -> list[int
     return ks
 
 
-def _import_ahead() -> None:
-    """Import the driver-side libraries of the sweep and the report (scikit-learn and
-    matplotlib: about 1.2 s) in a background thread while the JVM runs the first Spark
-    jobs: the driver's Python thread only waits on the JVM then, so the imports cost no
-    wall time. The import system's module locks make the later imports wait for these."""
-    import threading
-
-    def imports() -> None:
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")  # headless, as report.make_plots sets it
-            import matplotlib.pyplot  # noqa: F401
-            import sklearn.cluster  # noqa: F401
-            import sklearn.metrics  # noqa: F401
-        except Exception:  # noqa: BLE001 - only a head start: the real import reports any error
-            pass
-
-    threading.Thread(target=imports, name="cluster-eval-imports", daemon=True).start()
-
-
 def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     """Run cluster_eval with its ``settings``; fill ``run`` and write everything under its output."""
     out = settings.output
     source = settings.input or "built-in dataset"
     k_values(settings)  # a bad --k fails before the data are read and prepared
-    _import_ahead()
     with run.timed("prepare"):
         raw = data.read_input(spark, settings, run)
         # the kmeans sweep runs its passes on the driver below summary_rows: so does prepare
