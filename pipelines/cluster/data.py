@@ -8,6 +8,7 @@ reach the driver are a seeded sample of at most a configured size.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -347,9 +348,7 @@ class FileInput:
     def rows(self, frame: Any) -> tuple[np.ndarray | None, np.ndarray]:
         """``(kept, x)``: which rows of the batch are kept (None: all of them) and their
         clustering rows."""
-        import polars as pl
-
-        x = frame.select([pl.col(c).cast(pl.Float64) for c in self.columns]).to_numpy()
+        x = _doubles(frame, self.columns)
         kept = None
         ok = np.isfinite(x)
         if not ok.all():
@@ -359,6 +358,14 @@ class FileInput:
             else:
                 x = np.where(ok, x, np.asarray(self.fill)[None, :])
         return kept, (x - np.asarray(self.shift)) / np.asarray(self.scale)
+
+
+def _doubles(frame: Any, columns: Sequence[str]) -> np.ndarray:
+    """The (n, d) float64 matrix of ``columns`` of a Polars frame, cast as Spark casts them
+    to double (NaN for null)."""
+    import polars as pl
+
+    return frame.select([pl.col(c).cast(pl.Float64) for c in columns]).to_numpy()
 
 
 def pass_engine(engine: Engine | None, spark: SparkSession) -> Engine:
@@ -607,9 +614,7 @@ def _held(rows: Any, features: list[str]) -> Held:
     """The :class:`Held` rows of a :func:`_collect` table: features cast to double as Spark casts them."""
     import polars as pl
 
-    frame = pl.from_arrow(rows.select(features)) if features else None
-    x = frame.select([pl.col(c).cast(pl.Float64) for c in features]).to_numpy() if frame is not None \
-        else np.empty((rows.num_rows, 0))
+    x = _doubles(pl.from_arrow(rows.select(features)), features) if features else np.empty((rows.num_rows, 0))
     return Held(rows.column("_pos").to_numpy() >> 33, rows.column(ROW_ID).to_numpy().astype(np.int64),
                 np.ascontiguousarray(x, dtype=np.float64), rows.column("_u").to_numpy())
 
@@ -666,10 +671,8 @@ def held_sample(prep: Prepared, *, n_max: int) -> tuple[np.ndarray, np.ndarray]:
     held = prep.held
     assert held is not None
     order = np.lexsort((held.ids, held.u))[:n_max]
-    x = held.x[order]
-    scaled = np.array([c in prep.scaled for c in prep.features], dtype=bool)
-    x = np.where(scaled[None, :], (x - prep.shift) / prep.scale, x)
-    return held.ids[order], x
+    # an unscaled column has shift 0 and scale 1: (x - 0) / 1 is x, bit for bit, as FileInput has it
+    return held.ids[order], (held.x[order] - prep.shift) / prep.scale
 
 
 def bounded_sample(

@@ -20,33 +20,25 @@ if TYPE_CHECKING:
     from pipelines.engine import Engine
     from pipelines.runs import Run
 
-METRICS_SCHEMA = (
-    "k int, algorithm string, inertia double, calinski_harabasz double, davies_bouldin double, "
-    "silhouette_spark double, silhouette_sample double, log_likelihood double, bic double, aic double, "
-    "gap double, gap_sk double, n_iter int, converged boolean, cluster_sizes array<bigint>, "
-    "fit_seconds double, eval_seconds double"
-)
-CENTERS_SCHEMA = (
-    "k int, algorithm string, cluster int, size bigint, center array<double>, center_input_units array<double>"
-)
-
-
-def _arrow(fields: list[tuple[str, str]]):
+def _schemas():
     import pyarrow as pa
 
-    types = {"int": pa.int32(), "bigint": pa.int64(), "string": pa.string(), "double": pa.float64(),
-             "boolean": pa.bool_(), "array<bigint>": pa.list_(pa.int64()), "array<double>": pa.list_(pa.float64())}
-    return pa.schema([(name, types[t]) for name, t in fields])
+    from pipelines.engine import spark_schema
+
+    f64, i32, i64 = pa.float64(), pa.int32(), pa.int64()
+    metrics = pa.schema([
+        ("k", i32), ("algorithm", pa.string()), ("inertia", f64), ("calinski_harabasz", f64), ("davies_bouldin", f64),
+        ("silhouette_spark", f64), ("silhouette_sample", f64), ("log_likelihood", f64), ("bic", f64), ("aic", f64),
+        ("gap", f64), ("gap_sk", f64), ("n_iter", i32), ("converged", pa.bool_()), ("cluster_sizes", pa.list_(i64)),
+        ("fit_seconds", f64), ("eval_seconds", f64),
+    ])
+    centers = pa.schema([("k", i32), ("algorithm", pa.string()), ("cluster", i32), ("size", i64),
+                         ("center", pa.list_(f64)), ("center_input_units", pa.list_(f64))])
+    return metrics, centers, spark_schema(metrics).simpleString(), spark_schema(centers).simpleString()
 
 
-def _fields(ddl: str) -> list[tuple[str, str]]:
-    return [tuple(part.strip().split(" ", 1)) for part in ddl.split(",")]  # type: ignore[misc]
-
-
-# The same schemas in Arrow (the tables are built on the driver; tests check the
-# written tables' Spark schemas against the DDL above).
-_METRICS_ARROW = _arrow(_fields(METRICS_SCHEMA))
-_CENTERS_ARROW = _arrow(_fields(CENTERS_SCHEMA))
+# The tables are built on the driver in Arrow; *_SCHEMA is their Spark DDL (what tests check).
+_METRICS_ARROW, _CENTERS_ARROW, METRICS_SCHEMA, CENTERS_SCHEMA = _schemas()
 # A scatter needs far fewer points than the exact silhouette; this bounds it when the
 # silhouette sample is off.
 _SCATTER_ROWS = 2000
@@ -79,16 +71,16 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     out = settings.output
     source = settings.input or "built-in dataset"
     k_values(settings)  # a bad --k fails before the data are read and prepared
+    batched = settings.algorithm == "kmeans"
     with run.timed("prepare"):
         raw = data.read_input(spark, settings, run)
         # the kmeans sweep runs its passes on the driver below summary_rows: so does prepare
         prep = data.prepare(raw, settings, run, source=source,
-                            collect_up_to=settings.summary_rows if settings.algorithm == "kmeans" else 0)
+                            collect_up_to=settings.summary_rows if batched else 0)
     run.counts.update(prep.counts)
     ks = k_values(settings, prep.rows)
     run.details["features"] = prep.features
     run.details["scaling"] = {"method": settings.scale, "scaled": prep.scaled, "constant": prep.constant}
-    batched = settings.algorithm == "kmeans"
     try:
         with run.timed("sample"):
             # the batched kmeans sweep fits on this sample (its silhouette uses the first rows)
