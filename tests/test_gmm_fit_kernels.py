@@ -11,7 +11,16 @@ from sklearn.mixture import BayesianGaussianMixture, GaussianMixture
 
 from benchmarks.flights import flight_columns
 from pipelines.gmm import kernels as K
-from pipelines.gmm.em import Mixture, fit_mixture, log_likelihood, weighted_kmeans
+from pipelines.gmm.em import (
+    Mixture,
+    _Workspace,
+    density_of,
+    e_step,
+    estimate_stats,
+    fit_mixture,
+    log_likelihood,
+    weighted_kmeans,
+)
 from pipelines.gmm.model import STD_FLOOR_ABS, std_floor
 from pipelines.gmm.modes import PRUNE_TOLERANCE, build_model, cover, fit_summary, prune, pruning_report
 from pipelines.gmm.summary import (
@@ -274,6 +283,28 @@ def test_bayesian_updates_match_sklearn_on_full_data():
                                   weight_concentration_prior=1e-3, max_iter=100, random_state=0).fit(x[:, None])
     ref_mix = Mixture(weights=ref.weights_, means=ref.means_[:, 0], stds=np.sqrt(ref.covariances_[:, 0, 0]))
     assert log_likelihood(x, ours).mean() == pytest.approx(log_likelihood(x, ref_mix).mean(), abs=0.02)
+
+
+def test_em_workspace_computes_the_e_step_and_statistics_of_the_reference_kernels():
+    """fit_mixture's (k, n) loop kernel against e_step + estimate_stats (the (n, k) kernels the
+    sklearn comparisons above check): the same statistics, log normalisers and entropy to rounding."""
+    from scipy.special import xlogy
+
+    rng = np.random.default_rng(3)
+    x = np.sort(rng.normal(size=3000) * 5)
+    c = rng.integers(1, 50, x.size).astype(float)
+    v = rng.uniform(0, 0.01, x.size) * (rng.uniform(size=x.size) < 0.5)  # exact points and bins
+    for k in (1, 4, 10):
+        dens = density_of(Mixture(weights=np.full(k, 1.0 / k), means=rng.normal(size=k) * 5,
+                                  stds=rng.uniform(0.2, 3.0, k)))
+        log_norm, resp = e_step(x, v, dens)
+        ref = estimate_stats(x, c, v, resp)
+        st, got_norm, entropy = _Workspace(x, c, v, k).step(dens, entropy=True)
+        np.testing.assert_allclose(got_norm, log_norm, rtol=1e-13, atol=1e-12)
+        for got, want in ((st.nk, ref.nk), (st.xk, ref.xk), (st.sk, ref.sk)):
+            np.testing.assert_allclose(got, want, rtol=1e-11)
+        assert st.n == ref.n
+        assert entropy == pytest.approx(float(c @ xlogy(resp, resp).sum(axis=1)), rel=1e-11, abs=1e-9)
 
 
 def test_weighted_kmeans_equals_kmeans_on_repeated_points():
