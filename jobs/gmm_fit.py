@@ -4,7 +4,7 @@
         --fit-dir DIR [--max-components 10] [--weight-threshold 0.005] [--prune-tolerance 0.001]
         [--selection bic|none] [--coverage-tolerance 1e-5] [--coverage-min-rows 5]
         [--mode mle|bayesian] [--backend summary|spark-ml] [--seed N]
-        [--only a,b | --only-drifted DRIFT_DIR] [--refine-iterations N] [--config FILE]
+        [--only a,b | --only-drifted DRIFT_DIR] [--refine-iterations N] [--driver-rows 100000] [--config FILE]
 
 Writes <fit-dir>/models and <fit-dir>/fit_status (Delta, partitioned by column). A re-run
 fits only columns that have not succeeded; --only refits the named ones. Exit code 1 when
@@ -46,6 +46,8 @@ def build_parser() -> JobArgumentParser:
     p.add_argument("--max-iter", dest="max_iter", type=int)
     p.add_argument("--n-init", dest="n_init", type=int)
     p.add_argument("--refine-iterations", dest="refine_iterations", type=int, help="full-data EM passes after the summary fit")
+    p.add_argument("--driver-rows", dest="driver_rows", type=int,
+                   help="an input of at most this many rows is summarised on the driver (0: always a Spark pass)")
     add_config_flag(p)
     return p
 

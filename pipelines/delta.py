@@ -302,14 +302,22 @@ def table_rows(path: str, version: int | None = None) -> int | None:
     return None if any(c is None for c in counts) else int(sum(counts))
 
 
-def table_schema(path: str) -> pa.Schema:
-    """The table's schema as Arrow (partition columns included)."""
+def table_schema(path: str, version: int | None = None) -> pa.Schema:
+    """The table's schema as Arrow (partition columns included), at ``version`` (path tables) or the latest."""
     name = _named(path)
     if name is not None:
         from pyspark.sql.pandas.types import to_arrow_schema
 
         return delta_schema(to_arrow_schema(_session_for(name).table(name).schema, timezone="UTC", prefers_large_types=False))
-    return _arrow_schema(_open(path))
+    return _arrow_schema(_open(path, version))
+
+
+def rust_readable(path: str, version: int | None = None) -> bool:
+    """True when delta-rs can read the path table's rows (:func:`scan_table`) without Spark:
+    not a named table, and no reader feature it lacks (deletion vectors, column mapping)."""
+    if _named(path) is not None:
+        return False
+    return not set(_open(path, version).protocol().reader_features or []) & _UNSUPPORTED_READER_FEATURES
 
 
 def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:

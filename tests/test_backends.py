@@ -20,6 +20,8 @@ import pytest
 from chispa import assert_df_equality
 
 from pipelines import delta
+from pipelines.gmm.summary import ColumnSpec
+from tests.gmm_summaries import assert_same_summaries, both_summaries
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = (
@@ -102,3 +104,15 @@ def test_outputs_equal_across_backends(spark, outputs, table):
     props = [{k: v for k, v in delta.table_properties(str(outputs[b] / table)).items() if not k.endswith("runId")}
              for b in ("native", "delta-rs")]
     assert props[0] == props[1]
+
+
+def test_gmm_fit_summarises_a_spark_written_table_on_the_driver_as_spark_does(spark, outputs):
+    """The bronze table Spark's Delta wrote (its log, stats and checkpoint), read by delta-rs on
+    the driver: the column types Spark reports and the summaries of the Spark pass, bit for bit."""
+    path = str(outputs["native"] / "ingest" / "bronze")
+    specs = [ColumnSpec("amount", "mixed", (0.0,)), ColumnSpec("score", "continuous"),
+             ColumnSpec("age", "continuous"), ColumnSpec("segment", "categorical")]
+    (d_types, on_driver, d_where), (s_types, on_spark, s_where) = both_summaries(spark, path, specs, max_bins=256)
+    assert (d_where, s_where) == ("driver", "spark")
+    assert d_types == s_types
+    assert_same_summaries(on_driver, on_spark)

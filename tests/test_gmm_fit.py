@@ -25,6 +25,7 @@ from pipelines.gmm.em import Mixture, log_likelihood
 from pipelines.gmm.fit import load_models, mean_log_likelihood, summarize
 from pipelines.gmm.model import MODEL_SCHEMA
 from pipelines.gmm.summary import ColumnSpec, summarize_arrays
+from tests.gmm_summaries import assert_same_summaries, both_summaries
 
 REPO = Path(__file__).resolve().parents[1]
 N = 4000
@@ -89,6 +90,52 @@ def test_summary_pass_equals_the_in_memory_kernel_whatever_the_partitioning(spar
             np.testing.assert_array_equal(getattr(got["x"], field), getattr(local["x"], field))
         assert (got["x"].n_null, got["x"].n_rows) == (7, x.size)
         assert got["c"].categories == local["c"].categories
+
+
+def test_small_input_is_summarised_on_the_driver_exactly_as_the_spark_pass(spark, tmp_path):
+    """The driver path (delta-rs read, one partition) against the Spark pass, the reference:
+    the same column types and the same summaries bit for bit, over a table of three files
+    (three Spark partitions), coarsened and exact columns, and every cast the driver makes."""
+    rng = np.random.default_rng(5)
+    path = str(tmp_path / "bronze")
+    for part in range(3):
+        n = 1500 + 700 * part
+        x = rng.lognormal(2, 1, n)
+        x[:4] = [np.nan, np.inf, -np.inf, -0.0]
+        frame = pl.DataFrame({
+            "x": x,
+            "mixed": np.where(rng.random(n) < 0.3, 0.0, rng.normal(50, 5, n)),
+            "f32": rng.normal(0, 1, n).astype(np.float32),
+            "big": (2**53 + rng.integers(0, 1000, n)).astype(np.int64),  # not exact as double: the cast rounds
+            "small": rng.integers(-3, 3, n).astype(np.int8),
+            "cat": [None if i % 13 == 0 else v for i, v in enumerate(rng.choice(["a", "b", "ü c"], n).tolist())],
+            "icat": rng.integers(-2, 40, n).astype(np.int64),
+            "flag": rng.random(n) < 0.4,
+        })
+        delta.write_polars(frame, path, mode="append")
+    specs = [ColumnSpec("x", "continuous"), ColumnSpec("mixed", "mixed", (0.0,)), ColumnSpec("f32", "continuous"),
+             ColumnSpec("big", "continuous"), ColumnSpec("small", "continuous"), ColumnSpec("cat", "categorical"),
+             ColumnSpec("icat", "categorical"), ColumnSpec("flag", "categorical")]
+    assert delta.read_table(spark, path).rdd.getNumPartitions() > 1  # Spark sums partials across partitions
+    (d_types, on_driver, d_where), (s_types, on_spark, s_where) = both_summaries(spark, path, specs, max_bins=64)
+    assert (d_where, s_where) == ("driver", "spark")
+    assert d_types == s_types == delta.read_table(spark, path).dtypes
+    assert_same_summaries(on_driver, on_spark)
+    assert not on_spark["x"].exact and on_spark["small"].exact and on_spark["x"].values.size <= 64
+    assert set(on_spark["flag"].categories) == {"true", "false"}  # Spark's string of a boolean
+    assert on_spark["x"].n_null == 9 and on_spark["cat"].categories[None] > 0
+
+
+def test_job_writes_the_same_models_whether_the_summary_pass_ran_on_the_driver_or_on_spark(spark, tmp_path, capsys):
+    src = _table(tmp_path)
+    models, where = {}, {}
+    for rows in ("100000", "0"):
+        fit_dir = str(tmp_path / f"fit{rows}")
+        code, summary, _ = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD, "--driver-rows", rows)
+        assert code == 0, summary.get("error")
+        where[rows], models[rows] = summary["summary_on"], _models(fit_dir).drop("fit_id")
+    assert where == {"100000": "driver", "0": "spark"}
+    assert models["100000"].equals(models["0"], null_equal=True)
 
 
 def test_job_fits_every_kind_and_records_failed_columns(spark, tmp_path, capsys):

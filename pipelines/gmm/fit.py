@@ -132,7 +132,27 @@ def summarize(df: DataFrame, specs: Sequence[ColumnSpec], *, max_bins: int) -> d
     coarse = summed.groupBy("column").applyInArrow(
         lambda table: _coarsen_or_flag(table, max_bins=max_bins), spark_schema(SUMMARY_SCHEMA)
     )
-    table = coarse.toArrow()  # bounded: <= max_bins + specials + MAX_CATEGORIES rows per column
+    return _summaries(coarse.toArrow(), alias)  # bounded: <= max_bins + specials + MAX_CATEGORIES rows per column
+
+
+def summarize_rows(table: pa.Table, specs: Sequence[ColumnSpec], *, max_bins: int) -> dict[str, ColumnSummary]:
+    """:func:`summarize` on rows already on the driver: the same summaries, bit for bit.
+
+    The partial sums are integers (and min/max), so summing them over one partition or
+    over Spark's partitions gives the same table, and the coarsening is the same code.
+    ``table`` holds the spec columns cast as :func:`summarize`'s ``df`` has them.
+    """
+    alias = {f"c{i}": spec for i, spec in enumerate(specs)}
+    inner = [replace(spec, column=name) for name, spec in alias.items()]
+    projected = pa.Table.from_arrays([table.column(spec.column) for spec in specs], names=list(alias))
+    partials = pa.Table.from_batches(list(partition_partials(projected.to_batches(), inner)), schema=PARTIAL_SCHEMA)
+    names = partials.column("column").to_numpy(zero_copy_only=False)
+    coarse = [_coarsen_or_flag(partials.filter(pa.array(names == name)), max_bins=max_bins) for name in alias]
+    return _summaries(pa.concat_tables(coarse), alias)
+
+
+def _summaries(table: pa.Table, alias: Mapping[str, ColumnSpec]) -> dict[str, ColumnSummary]:
+    """Each column's :class:`ColumnSummary` from the coarsened rows of every (aliased) column."""
     names = table.column("column").to_numpy(zero_copy_only=False)
     out = {}
     for name, spec in alias.items():
@@ -462,9 +482,8 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
     if not delta.table_exists(s.input):
         raise UserError(f"{s.input}: not a Delta table")
     # the version is pinned, so fit_status names exactly the data the models saw
-    input_version = delta.table_version(s.input)
-    df = delta.read_table(spark, s.input, version=input_version)
-    specs = plan_columns(df.dtypes, s)
+    source = _Input(spark, s.input, delta.table_version(s.input), driver_rows=s.driver_rows)
+    specs = plan_columns(source.dtypes, s)
     by_name = {spec.column: spec for spec in specs}
     if s.only:
         unknown = [c for c in s.only if c not in by_name]
@@ -472,13 +491,68 @@ def run(spark: SparkSession, s: GmmFitSettings, run: Run) -> None:
             raise UserError(f"gmm_fit.only: column(s) {', '.join(unknown)} are not among the columns to fit")
     # Two runs on one fit_dir would both fit every column; the second stops here instead.
     with fs.exclusive(fs.join(s.fit_dir, "_lock"), owner=run.run_id):
-        _fit_columns(df, specs, s, run, input_version=input_version)
+        _fit_columns(source, specs, s, run)
 
 
-def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, run: Run, *, input_version: int) -> None:
+# Spark types a small input's column is cast from on the driver exactly as Spark casts it:
+# to double (integers and floats; Spark's cast of a decimal is left to Spark) and, for a
+# categorical column, to Spark's string form (Polars writes integers and booleans the same)
+_DRIVER_DOUBLE = {"tinyint", "smallint", "int", "bigint", "float", "double"}
+_DRIVER_STRING = {"string", "tinyint", "smallint", "int", "bigint", "boolean"}
+
+
+class _Input:
+    """The input table at its pinned version: its column types, its rows as a Spark DataFrame
+    (read on first use), and the summary pass, on the driver for a small table.
+
+    A path table whose log counts at most ``driver_rows`` rows, and that delta-rs can read,
+    is summarised on the driver (:func:`summarize_rows` over delta-rs's read of the
+    snapshot): no Spark job, and the same summaries as :func:`summarize`. Its column types
+    then come from the log's schema, as Spark names them.
+    """
+
+    def __init__(self, spark: SparkSession, path: str, version: int, *, driver_rows: int) -> None:
+        self.spark, self.path, self.version = spark, path, version
+        rows = delta.table_rows(path, version) if driver_rows else None
+        self.rows = rows if rows is not None and rows <= driver_rows and delta.rust_readable(path, version) else None
+        self._df: DataFrame | None = None
+        if self.rows is None:
+            self.dtypes = self.df.dtypes
+        else:
+            self.dtypes = [(f.name, f.dataType.simpleString()) for f in spark_schema(delta.table_schema(path, version))]
+
+    @property
+    def df(self) -> DataFrame:
+        if self._df is None:
+            self._df = delta.read_table(self.spark, self.path, version=self.version)
+        return self._df
+
+    def summarize(self, specs: Sequence[ColumnSpec], *, max_bins: int, run: Run) -> dict[str, ColumnSummary]:
+        """Every spec column's summary; numeric columns as double, categorical ones as Spark's string of the value."""
+        types = dict(self.dtypes)
+        wanted = {sp.column: "string" if sp.column_type == "categorical" else "double" for sp in specs}
+        on_driver = self.rows is not None and all(
+            types[c] in (_DRIVER_STRING if to == "string" else _DRIVER_DOUBLE) for c, to in wanted.items()
+        )
+        run.details["summary_on"] = "driver" if on_driver else "spark"
+        if on_driver:
+            run.progress(f"{self.rows} rows (at most driver_rows): summary pass on the driver")
+            import polars.selectors as cs
+
+            frame = delta.scan_table(self.path, version=self.version).select(cs.by_name(*wanted)).collect()
+            columns = [frame.get_column(c).cast(pl.String if to == "string" else pl.Float64) for c, to in wanted.items()]
+            return summarize_rows(pl.DataFrame(columns).to_arrow(), specs, max_bins=max_bins)
+        from pyspark.sql import functions as F
+
+        cast = [F.col(_quote(c)).cast(to).alias(c) for c, to in wanted.items()]
+        return summarize(self.df.select(*cast), specs, max_bins=max_bins)
+
+
+def _fit_columns(source: _Input, specs: Sequence[ColumnSpec], s: GmmFitSettings, run: Run) -> None:
     """Fit the columns of ``specs`` that have not succeeded (or ``s.only``) and write their artifacts."""
     by_name = {spec.column: spec for spec in specs}
-    types = dict(df.dtypes)
+    types = dict(source.dtypes)
+    input_version = source.version
     previous = read_status(s.fit_dir)
     table = delta.table_target(s.input)  # a path under --tables is recorded as the table it names
     if s.only_drifted:
@@ -506,14 +580,9 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
         book.start(spec.column, reasons[spec.column])
     errors: dict[str, str] = {}
 
-    from pyspark.sql import functions as F
-
-    # numeric columns enter the pass as double, categorical ones as Spark's string form of the value
-    cast = [F.col(_quote(sp.column)).cast("string" if sp.column_type == "categorical" else "double").alias(sp.column)
-            for sp in todo]
     with run.timed("summary_pass"):
         try:
-            summaries = summarize(df.select(*cast), todo, max_bins=s.bins)
+            summaries = source.summarize(todo, max_bins=s.bins, run=run)
         except Exception as exc:  # the shared pass failed: every column of this run failed with it
             for spec in todo:
                 book.finish(spec.column, FAILED, error=f"summary pass: {exc}")
@@ -525,7 +594,7 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
             raise ValueError(summary.error())
         if summary.n_rows == 0:
             raise ValueError("no rows")
-        return None if spec.column_type == "categorical" else _fit_column(df, summary, s)
+        return None if spec.column_type == "categorical" else _fit_column(source, summary, s)
 
     # EM on the summaries: columns are independent, so they run on a thread per driver core
     # (numpy releases the GIL inside its array operations: 1.7x on 2 cores). Spark ML fits
@@ -550,7 +619,7 @@ def _fit_columns(df: DataFrame, specs: Sequence[ColumnSpec], s: GmmFitSettings, 
     if s.refine_iterations and refinable and s.backend == "summary":
         with run.timed("refine"):
             try:
-                mixtures.update(refine(df, refinable, summaries, mode=s.mode, iterations=s.refine_iterations))
+                mixtures.update(refine(source.df, refinable, summaries, mode=s.mode, iterations=s.refine_iterations))
             except Exception as exc:  # the shared passes failed: the columns they refine fail with them
                 errors.update({c: f"refinement pass: {type(exc).__name__}: {exc}" for c in refinable})
 
@@ -623,10 +692,10 @@ def _drifted_reasons(drift_dir: str, by_name: Mapping[str, ColumnSpec], run: Run
     return reasons
 
 
-def _fit_column(df: DataFrame, summary: ColumnSummary, s: GmmFitSettings) -> Mixture | None:
+def _fit_column(source: _Input, summary: ColumnSummary, s: GmmFitSettings) -> Mixture | None:
     if s.backend == "summary" or summary.values.size == 0 or (summary.exact and summary.values.size == 1):
         return fit_summary(summary, max_components=s.max_components, mode=s.mode, seed=s.seed,
                            n_init=s.n_init, max_iter=s.max_iter)
     k = min(s.max_components, summary.distinct_lower_bound, summary.values.size)
-    return spark_ml_mixture(df, summary.spec.column, summary.spec.specials, k=k, max_iter=s.max_iter or 100,
+    return spark_ml_mixture(source.df, summary.spec.column, summary.spec.specials, k=k, max_iter=s.max_iter or 100,
                             seed=s.seed)
