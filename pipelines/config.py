@@ -128,7 +128,7 @@ class GmmFitSettings(_Section):
     n_init: int = Field(3, ge=1)  # EM starts on the summary (k-means++, random, sampled); the best wins
     refine_iterations: int = Field(0, ge=0)  # full-data EM passes after the summary fit
     # an input of at most this many rows (its Delta log's count) is summarised on the driver,
-    # read with delta-rs: the same summaries as the Spark pass, without a Spark job (0: always Spark)
+    # its files read with pyarrow: the same summaries as the Spark pass, no Spark job (0: always Spark)
     driver_rows: int = Field(100_000, ge=0)
 
 

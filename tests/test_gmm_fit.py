@@ -138,6 +138,17 @@ def test_job_writes_the_same_models_whether_the_summary_pass_ran_on_the_driver_o
     assert models["100000"].equals(models["0"], null_equal=True)
 
 
+@pytest.mark.parametrize("rows", ["100000", "0"])
+def test_a_corrupt_data_file_is_named_and_exit_1_on_either_path(spark, tmp_path, capsys, rows):
+    src, fit_dir = _table(tmp_path), str(tmp_path / "fit")
+    victim = Path(delta._open(src).file_uris()[0].removeprefix("file://"))
+    victim.write_bytes(os.urandom(victim.stat().st_size))
+    code, summary, err = _run(capsys, "--input", src, "--fit-dir", fit_dir, *GOOD, "--driver-rows", rows)
+    assert code == 1 and victim.name in summary["error"]
+    assert victim.name in err and "Traceback" not in err
+    assert {r["status"] for r in _status(fit_dir).values()} == {"failed"}  # nothing half-fitted
+
+
 def test_job_fits_every_kind_and_records_failed_columns(spark, tmp_path, capsys):
     src, fit_dir = _table(tmp_path), str(tmp_path / "fit")
     code, summary, err = _run(capsys, "--input", src, "--fit-dir", fit_dir, "--columns", "amount,count,constant,empty",

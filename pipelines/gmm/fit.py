@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -135,20 +135,19 @@ def summarize(df: DataFrame, specs: Sequence[ColumnSpec], *, max_bins: int) -> d
     return _summaries(coarse.toArrow(), alias)  # bounded: <= max_bins + specials + MAX_CATEGORIES rows per column
 
 
-def summarize_rows(table: pa.Table, specs: Sequence[ColumnSpec], *, max_bins: int) -> dict[str, ColumnSummary]:
-    """:func:`summarize` on rows already on the driver: the same summaries, bit for bit.
+def summarize_rows(batches: Iterable[pa.RecordBatch], specs: Sequence[ColumnSpec], *,
+                   max_bins: int) -> dict[str, ColumnSummary]:
+    """:func:`summarize` over rows read on the driver: the same summaries, bit for bit.
 
-    The partial sums are integers (and min/max), so summing them over one partition or
-    over Spark's partitions gives the same table, and the coarsening is the same code.
-    ``table`` holds the spec columns cast as :func:`summarize`'s ``df`` has them.
+    The partial sums are integers (and min/max), so summing them over one stream of
+    batches or over Spark's partitions gives the same table, and the coarsening is the
+    same code. ``batches`` hold the spec columns (by name) cast as :func:`summarize`'s ``df`` has them.
     """
-    alias = {f"c{i}": spec for i, spec in enumerate(specs)}
-    inner = [replace(spec, column=name) for name, spec in alias.items()]
-    projected = pa.Table.from_arrays([table.column(spec.column) for spec in specs], names=list(alias))
-    partials = pa.Table.from_batches(list(partition_partials(projected.to_batches(), inner)), schema=PARTIAL_SCHEMA)
+    partials = pa.Table.from_batches(list(partition_partials(batches, specs)), schema=PARTIAL_SCHEMA)
     names = partials.column("column").to_numpy(zero_copy_only=False)
-    coarse = [_coarsen_or_flag(partials.filter(pa.array(names == name)), max_bins=max_bins) for name in alias]
-    return _summaries(pa.concat_tables(coarse), alias)
+    by_name = {spec.column: spec for spec in specs}
+    coarse = [_coarsen_or_flag(partials.filter(pa.array(names == name)), max_bins=max_bins) for name in by_name]
+    return _summaries(pa.concat_tables(coarse), by_name)
 
 
 def _summaries(table: pa.Table, alias: Mapping[str, ColumnSpec]) -> dict[str, ColumnSummary]:
@@ -506,9 +505,9 @@ class _Input:
     (read on first use), and the summary pass, on the driver for a small table.
 
     A path table whose log counts at most ``driver_rows`` rows, and that delta-rs can read,
-    is summarised on the driver (:func:`summarize_rows` over delta-rs's read of the
-    snapshot): no Spark job, and the same summaries as :func:`summarize`. Its column types
-    then come from the log's schema, as Spark names them.
+    is summarised on the driver (:func:`summarize_rows` over the snapshot's files, as the
+    log lists them, read with pyarrow): no Spark job, and the same summaries as
+    :func:`summarize`. Its column types then come from the log's schema, as Spark names them.
     """
 
     def __init__(self, spark: SparkSession, path: str, version: int, *, driver_rows: int) -> None:
@@ -527,6 +526,18 @@ class _Input:
             self._df = delta.read_table(self.spark, self.path, version=self.version)
         return self._df
 
+    def _driver_batches(self, wanted: Mapping[str, str]) -> Iterator[pa.RecordBatch]:
+        """The snapshot's rows file by file (a file that cannot be read is named, as Spark's reads
+        name it), the ``wanted`` columns cast to ``"double"`` or ``"string"``."""
+        from pipelines import engine
+
+        src = engine.source(self.path, version=self.version)
+        for unit in src.units:
+            for frame in engine._read_unit(unit, src.schema, list(wanted), engine.DEFAULT_BATCH_ROWS):
+                yield pa.RecordBatch.from_arrays(
+                    [frame.get_column(c).cast(pl.String if to == "string" else pl.Float64).to_arrow()
+                     for c, to in wanted.items()], names=list(wanted))
+
     def summarize(self, specs: Sequence[ColumnSpec], *, max_bins: int, run: Run) -> dict[str, ColumnSummary]:
         """Every spec column's summary; numeric columns as double, categorical ones as Spark's string of the value."""
         types = dict(self.dtypes)
@@ -537,11 +548,7 @@ class _Input:
         run.details["summary_on"] = "driver" if on_driver else "spark"
         if on_driver:
             run.progress(f"{self.rows} rows (at most driver_rows): summary pass on the driver")
-            import polars.selectors as cs
-
-            frame = delta.scan_table(self.path, version=self.version).select(cs.by_name(*wanted)).collect()
-            columns = [frame.get_column(c).cast(pl.String if to == "string" else pl.Float64) for c, to in wanted.items()]
-            return summarize_rows(pl.DataFrame(columns).to_arrow(), specs, max_bins=max_bins)
+            return summarize_rows(self._driver_batches(wanted), specs, max_bins=max_bins)
         from pyspark.sql import functions as F
 
         cast = [F.col(_quote(c)).cast(to).alias(c) for c, to in wanted.items()]
