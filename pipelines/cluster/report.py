@@ -22,6 +22,20 @@ from pipelines.cluster.sweep import METHODS
 Block = tuple[Any, ...]
 
 
+def preload() -> None:
+    """Import matplotlib (headless) and scikit-learn's k-means now, on the calling thread.
+
+    A run needs both later; imported at its start (about 1.8 s), their loading overlaps
+    the session's background warm-up job (:func:`pipelines.spark.session`) instead of
+    following the first Spark job.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot  # noqa: F401
+    import sklearn.cluster  # noqa: F401
+
+
 def _figure():
     import matplotlib
 

@@ -71,6 +71,7 @@ def run(spark: SparkSession, settings: ClusterEvalSettings, run: Run) -> None:
     out = settings.output
     source = settings.input or "built-in dataset"
     k_values(settings)  # a bad --k fails before the data are read and prepared
+    report.preload()
     batched = settings.algorithm == "kmeans"
     with run.timed("prepare"):
         raw = data.read_input(spark, settings, run)
