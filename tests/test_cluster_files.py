@@ -141,6 +141,8 @@ def test_a_small_input_prepared_on_the_driver_equals_the_spark_prepare_bit_for_b
     on_spark = prepare(read_input(spark, settings, spark_run), settings, spark_run, source=path)
     held = prepare(read_input(spark, settings, held_run), settings, held_run, source=path, collect_up_to=1000)
     assert on_spark.held is None and held.held is not None
+    # one small file is read on the driver (Spark reads it as partition 0); 7 files are Spark's to lay out
+    assert held_run.details["held_read"] == ("file" if n_files == 1 else "spark")
     assert held.counts == on_spark.counts and held_run.warnings == spark_run.warnings
     for name in ("mean", "std", "minimum", "maximum"):
         assert _bits(getattr(held.profile, name)) == _bits(getattr(on_spark.profile, name)), name
@@ -153,6 +155,18 @@ def test_a_small_input_prepared_on_the_driver_equals_the_spark_prepare_bit_for_b
     # above the threshold the Spark steps run
     over = Run(job="test", output="unused")
     assert prepare(read_input(spark, settings, over), settings, over, source=path, collect_up_to=100).held is None
+
+
+def test_the_sample_hash_in_numpy_equals_sparks_xxhash64(spark):
+    from pyspark.sql import functions as F
+
+    from pipelines.cluster.data import hash_uniform, hash_uniform_ids
+
+    ids = np.r_[np.arange(-50, 2000), [2**31, -(2**31) - 1, 2**62, -(2**63), 2**63 - 1]].astype(np.int64)
+    df = spark.createDataFrame([(int(i),) for i in ids], "id long")
+    for seed in (42, 0, -3, 2**40):
+        want = np.array([r[0] for r in df.select(hash_uniform(F.lit(seed), F.col("id"), F.lit(-7))).collect()])
+        assert _bits(hash_uniform_ids(seed, ids, -7)) == _bits(want), seed
 
 
 def test_the_built_in_dataset_prepared_on_the_driver_equals_the_spark_prepare(spark):

@@ -37,6 +37,47 @@ _MIN_CENTER_GAP = 9.0
 _HASH_MASK = (1 << 53) - 1
 
 
+_P1, _P2, _P3, _P4, _P5 = (np.uint64(v) for v in (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9,
+                                                   0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5))
+
+
+def _rotl(x: np.ndarray, r: int) -> np.ndarray:
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+def _fmix(h: np.ndarray) -> np.ndarray:
+    h = h ^ (h >> np.uint64(33))
+    h = h * _P2
+    h = h ^ (h >> np.uint64(29))
+    h = h * _P3
+    return h ^ (h >> np.uint64(32))
+
+
+def _xxhash_int(value: int, h: np.ndarray) -> np.ndarray:
+    """Spark's ``XXH64.hashInt`` of one 32-bit value, seeded with each ``h``."""
+    h = h + _P5 + np.uint64(4)
+    h = h ^ (np.uint64(value & 0xFFFFFFFF) * _P1)
+    return _fmix(_rotl(h, 23) * _P2 + _P3)
+
+
+def _xxhash_long(values: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Spark's ``XXH64.hashLong`` of each 64-bit value, seeded with ``h``."""
+    h = h + _P5 + np.uint64(8)
+    h = h ^ (_rotl(values.astype(np.int64).view(np.uint64) * _P2, 31) * _P1)
+    return _fmix(_rotl(h, 27) * _P1 + _P4)
+
+
+def hash_uniform_ids(seed: int, row_ids: np.ndarray, salt: int) -> np.ndarray:
+    """:func:`hash_uniform` of ``(lit(seed), row id as long, lit(salt))`` computed in numpy,
+    bit for bit: Spark's ``xxhash64`` chains each value's hash from seed 42, hashing an
+    int literal as 4 bytes and a long as 8 (a seed outside int32 is a long literal)."""
+    with np.errstate(over="ignore"):
+        h = np.full(row_ids.shape, 42, dtype=np.uint64)
+        h = _xxhash_int(seed, h) if -(1 << 31) <= seed < (1 << 31) else _xxhash_long(np.full(row_ids.shape, seed), h)
+        h = _xxhash_int(salt, _xxhash_long(row_ids, h))
+    return ((h & np.uint64(_HASH_MASK)).astype(np.float64) + 0.5) / float(1 << 53)
+
+
 def hash_uniform(*cols: Column) -> Column:
     """A uniform draw in (0, 1) from a 64-bit hash of ``cols``.
 
@@ -466,7 +507,10 @@ def prepare(df: DataFrame, settings: ClusterEvalSettings, run: Run, *, source: s
         wanted = settings.features or default_columns((f.name, isinstance(f.dataType, NumericType))
                                                       for f in df.schema.fields)
         if wanted and len(set(wanted)) == len(wanted) and all(types.get(c) in _FILE_TYPES for c in wanted):
-            rows = _collect(df, wanted, settings.seed)
+            rows = _read_one_file(df.sparkSession, settings, run, types, wanted)
+            run.details["held_read"] = "file" if rows is not None else "spark"
+            if rows is None:
+                rows = _collect(df, wanted, settings.seed)
             run.progress(f"{rows.num_rows} rows (at most summary_rows={collect_up_to}): prepared on the driver")
     features = select_features(df, settings.features, source=source, run=run, rows=rows)
     if row_id_given:
@@ -608,6 +652,50 @@ def _collect(df: DataFrame, columns: list[str], seed: int) -> Any:
     t = df.select(F.monotonically_increasing_id().alias("_pos"), hash_uniform(F.lit(seed), row_id, F.lit(-7))
                   .alias("_u"), row_id.alias(ROW_ID), *columns).toArrow()
     return t.take(pc.sort_indices(t, sort_keys=[("_pos", "ascending")]))
+
+
+def _read_one_file(spark: SparkSession, settings: ClusterEvalSettings, run: Run, types: dict[str, str],
+                   columns: list[str]) -> Any | None:
+    """:func:`_collect`'s table without a Spark job, for a table of a single data file that
+    Spark reads as one partition (None otherwise).
+
+    A file no larger than both ``spark.sql.files.maxPartitionBytes`` and
+    ``spark.sql.files.openCostInBytes`` is one split whatever the parallelism, so Spark's
+    scan is partition 0 with the file's rows in order: the file is read here (by the
+    engine's reader, which names a file it cannot read) and the sample hash computed as
+    Spark computes it (:func:`hash_uniform_ids`).
+    """
+    import pyarrow as pa
+
+    from pipelines import engine
+
+    where = file_input(spark, settings, run, types, columns)
+    if where is None or settings.format not in (None, "delta") or not delta.table_exists(where[0]):
+        return None
+    src = engine.source(where[0], version=where[1], split_bytes=1 << 62)
+    limit = min(_conf_bytes(spark, "spark.sql.files.maxPartitionBytes", 128 << 20),
+                _conf_bytes(spark, "spark.sql.files.openCostInBytes", 4 << 20))
+    actions = pa.table(delta._open(where[0], where[1]).get_add_actions(flatten=True))
+    if len(src.units) != 1 or actions.num_rows != 1 or actions.column("size_bytes")[0].as_py() > limit:
+        return None
+    frames = list(engine._read_unit(src.units[0], src.schema, [ROW_ID, *columns], engine.DEFAULT_BATCH_ROWS))
+    table = pa.concat_tables([f.to_arrow() for f in frames]) if frames else None
+    if table is None:
+        return None
+    ids = table.column(ROW_ID).cast(pa.int64())
+    if ids.null_count:
+        return None  # Spark's hash skips a null; left to Spark
+    ids_np = ids.to_numpy()
+    return pa.table({"_pos": pa.array(np.arange(table.num_rows, dtype=np.int64)),
+                     "_u": hash_uniform_ids(settings.seed, ids_np, -7), ROW_ID: ids,
+                     **{c: table.column(c) for c in columns}})
+
+
+def _conf_bytes(spark: SparkSession, key: str, default: int) -> int:
+    """A byte-size SQL conf (``134217728``, ``128MB``, ``4m``) in bytes."""
+    text = str(spark.conf.get(key, str(default))).strip().lower().removesuffix("b")
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    return int(float(text[:-1]) * units[text[-1]]) if text and text[-1] in units else int(text)
 
 
 def _held(rows: Any, features: list[str]) -> Held:
