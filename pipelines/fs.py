@@ -115,6 +115,9 @@ def exclusive(path: str, *, owner: str) -> Iterator[None]:
             if (holder is None and time.time() - _mtime(target) > 10) or (holder is not None and not _alive(holder)):
                 target.unlink(missing_ok=True)  # the holder died (or left no record): take over
                 continue
+            if holder is None:  # created this instant, its record not written yet
+                raise ConflictError(f"{target}: another run is taking the lock at this moment; wait for it to "
+                                    "finish, or delete the file if that run is gone") from None
             raise ConflictError(
                 f"{target}: held by run {holder.get('owner')} (pid {holder.get('pid')} on {holder.get('host')} since "
                 f"{holder.get('since')}); wait for it to finish, or delete the file if that run is gone") from None

@@ -57,6 +57,11 @@ def test_fit_dir_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
     lock.write_text(json.dumps({"owner": "killed", "host": socket.gethostname(), "pid": dead.pid, "since": "x"}))
     with fs.exclusive(str(lock), owner="run-c"):
         assert json.loads(lock.read_text())["owner"] == "run-c"
+    # a lock file created an instant ago, its record not yet written (two runs racing for it)
+    lock.write_text("")
+    with pytest.raises(ConflictError, match="another run is taking the lock"):
+        with fs.exclusive(str(lock), owner="run-d"):
+            pass
 
 
 def test_a_lost_commit_race_is_a_conflict_and_leaves_no_files(tmp_path, monkeypatch):
