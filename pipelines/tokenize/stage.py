@@ -415,9 +415,7 @@ def _run_tokenize(spark: SparkSession, s: TokenizeSettings, run: Run) -> None:
         stats = fit_bin_statistics(engine, source, bins)
         bins = with_means(bins, stats)
         table = tokenizer_table(bins, stats, method=s.method).to_arrow(compat_level=pl.CompatLevel.oldest())
-        # a few rows per column, built on the driver: one delta-rs commit, no Spark job (a named
-        # table still goes through Spark's Delta), as gmm_fit's models and cluster_eval's metrics
-        delta.write_polars(table, tokenizer_path, mode="overwrite")
+        delta.write_table(spark.createDataFrame(table), tokenizer_path, mode="overwrite")
     with run.timed("tokenize"):
         run.progress(f"writing tokens with engine={engine.name}")
         result = engine.map(source, K.tokenize_kernel(bins, dtype=dtype), [Sink(tokens_path, _tokens_schema(columns, dtype))],
