@@ -26,11 +26,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable, "PYTHONPATH": path}
 
 
-def _ingest(tmp_path: Path, launcher: list[str]) -> dict:
+def _ingest(tmp_path: Path, launcher: list[str], files: int = 1) -> dict:
+    """Ingest 200 rows from ``files`` CSV files (a folder when more than one)."""
     import subprocess
 
-    source = tmp_path / "in.csv"
-    source.write_text("id,amount\n" + "".join(f"{i},{i * 0.5}\n" for i in range(200)))
+    source = tmp_path / "in"
+    source.mkdir()
+    for f in range(files):
+        rows = range(f * 200 // files, (f + 1) * 200 // files)
+        (source / f"part-{f}.csv").write_text("id,amount\n" + "".join(f"{i},{i * 0.5}\n" for i in rows))
+    if files == 1:
+        source = source / "part-0.csv"
     out = tmp_path / "out"
     cmd = [*launcher, str(REPO / "jobs" / "ingest.py"), "--source", str(source), "--format", "csv", "--output", str(out)]
     proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -47,13 +53,16 @@ def _ingest(tmp_path: Path, launcher: list[str]) -> dict:
 @pytest.mark.slow
 def test_spark_submit_local_cluster_master_and_conf_win(tmp_path):
     # The scheduler waits until both executors have registered (spark.cores.max gives it the
-    # number of cores to expect), so the first stage's tasks are offered to both: otherwise a
-    # fast first executor can run every task of a 200-row ingest before the second one joins.
+    # number of cores to expect), and the source is four files (ingest gives each file its own
+    # task), so the read stage's first round of offers hands one task to each one-core
+    # executor. A one-file source makes every stage one task, and six one-task stages all
+    # land on one executor once in 32 runs (CI saw it twice).
     spark = _ingest(tmp_path, [str(SPARK_SUBMIT), "--master", "local-cluster[2,1,1024]",
                                "--conf", "spark.sql.shuffle.partitions=3",
                                "--conf", "spark.cores.max=2",
                                "--conf", "spark.scheduler.minRegisteredResourcesRatio=1.0",
-                               "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=300s"])
+                               "--conf", "spark.scheduler.maxRegisteredResourcesWaitingTime=300s"],
+                    files=4)
     assert spark["master"] == "local-cluster[2,1,1024]"
     assert spark["shuffle_partitions"] == 3
     assert spark["executors"] == 2
