@@ -315,9 +315,7 @@ def table_schema(path: str, version: int | None = None) -> pa.Schema:
 def rust_readable(path: str, version: int | None = None) -> bool:
     """True when delta-rs can read the path table's rows (:func:`scan_table`) without Spark:
     not a named table, and no reader feature it lacks (deletion vectors, column mapping)."""
-    if _named(path) is not None:
-        return False
-    return not set(_open(path, version).protocol().reader_features or []) & _UNSUPPORTED_READER_FEATURES
+    return _named(path) is None and not _unsupported_features(_open(path, version))
 
 
 def history(path: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -359,9 +357,13 @@ def _arrow_schema(dt) -> pa.Schema:
     return pa.schema(dt.schema().to_arrow())
 
 
+def _unsupported_features(dt) -> set[str]:
+    """The table's reader features that delta-rs cannot read."""
+    return set(dt.protocol().reader_features or []) & _UNSUPPORTED_READER_FEATURES
+
+
 def _check_readable(dt, path: str) -> None:
-    features = set(dt.protocol().reader_features or [])
-    bad = features & _UNSUPPORTED_READER_FEATURES
+    bad = _unsupported_features(dt)
     if bad:
         raise UserError(
             f"{path}: Delta reader features {sorted(bad)} need Spark's native Delta (run with the Delta jars or on Databricks)"

@@ -678,10 +678,11 @@ def _read_one_file(spark: SparkSession, settings: ClusterEvalSettings, run: Run,
     actions = pa.table(delta._open(where[0], where[1]).get_add_actions(flatten=True))
     if len(src.units) != 1 or actions.num_rows != 1 or actions.column("size_bytes")[0].as_py() > limit:
         return None
-    frames = list(engine._read_unit(src.units[0], src.schema, [ROW_ID, *columns], engine.DEFAULT_BATCH_ROWS))
-    table = pa.concat_tables([f.to_arrow() for f in frames]) if frames else None
-    if table is None:
+    frames = [f.to_arrow() for f in engine._read_unit(src.units[0], src.schema, [ROW_ID, *columns],
+                                                      engine.DEFAULT_BATCH_ROWS)]
+    if not frames:
         return None
+    table = pa.concat_tables(frames)
     ids = table.column(ROW_ID).cast(pa.int64())
     if ids.null_count:
         return None  # Spark's hash skips a null; left to Spark
