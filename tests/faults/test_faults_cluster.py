@@ -98,37 +98,36 @@ KILL_ATTEMPTS = 3
 @pytest.mark.parametrize("job_name", ["gmm_transform", "tokenize", "cluster_eval"])
 def test_lost_executor_mid_pass(spark, work, split_input, job_name):
     rng = random.Random(f"executor-kill-{job_name}")
-    ref_root = work / f"exec_ref_{job_name}"
-    reference = None
-    for attempt in range(1, KILL_ATTEMPTS + 1):
-        out_root = work / f"exec_kill_{job_name}_{attempt}"
-        args = {root: commands(split_input, root)[job_name] for root in (ref_root, out_root)}
-        if job_name == "gmm_transform":  # both use the fit made on the split input
-            for root in args:
-                args[root][args[root].index("--fit-dir") + 1] = work / "split" / "gmm_fit"
+
+    def job_args(root: Path) -> list:
+        args = commands(split_input, root)[job_name]
+        if job_name == "gmm_transform":  # both runs use the fit made on the split input
+            args[args.index("--fit-dir") + 1] = work / "split" / "gmm_fit"
         # cluster_eval: a summary smaller than the input, so the Lloyd passes run on the executors
         # (at most 3 of them: the kill lands in the first)
         if job_name == "cluster_eval":
-            for root in args:
-                args[root] += ["--summary-rows", "500", "--max-iter", "3"]
-        if reference is None:  # once, beside the first attempt
-            reference = Job(job_name, *args[ref_root], master=CLUSTER, conf=SPLITS)
+            args += ["--summary-rows", "500", "--max-iter", "3"]
+        return args
+
+    # cluster_eval: mid-sweep, the first Lloyd pass over the prepared data on the executors;
+    # gmm_transform: the engine's pass, its tasks reading units and writing their files.
+    # The line comes just before the pass's Spark job; the kill waits for that job's start.
+    # tokenize: mid-write, a task of Spark's writer has its output file open.
+    start = {"cluster_eval": r"^\[cluster_eval\] pass 1 of at most",
+             "gmm_transform": r"^\[gmm_transform\] \d+ fitted column\(s\)"}.get(job_name)
+    ref_root = work / f"exec_ref_{job_name}"
+    reference = Job(job_name, *job_args(ref_root), master=CLUSTER, conf=SPLITS)  # once, beside the first attempt
+    for attempt in range(1, KILL_ATTEMPTS + 1):
+        out_root = work / f"exec_kill_{job_name}_{attempt}"
         events = work / f"events_{job_name}_{attempt}"
         ui = ui_conf()
-        disturbed = Job(job_name, *args[out_root], master=CLUSTER, conf={**SPLITS, **event_log_conf(events), **ui})
-        # cluster_eval: mid-sweep, the first Lloyd pass over the prepared data on the executors;
-        # gmm_transform: the engine's pass, its tasks reading units and writing their files.
-        # The line comes just before the pass's Spark job; the kill waits for that job's start.
-        starts = {"cluster_eval": r"^\[cluster_eval\] pass 1 of at most",
-                  "gmm_transform": r"^\[gmm_transform\] \d+ fitted column\(s\)"}
-        if job_name in starts:
-            hit = disturbed.wait_for(starts[job_name]) is not None and wait_for_next_spark_job(events, disturbed)
+        disturbed = Job(job_name, *job_args(out_root), master=CLUSTER, conf={**SPLITS, **event_log_conf(events), **ui})
+        if start is not None:
+            hit = disturbed.wait_for(start) is not None and wait_for_next_spark_job(events, disturbed)
             assert hit, f"{job_name} ended before the kill point"
-            when = None
-        else:  # mid-write: a task of Spark's writer has its output file open
-            when = partial(_task_writing, out_root)
+        when = partial(_task_writing, out_root) if start is None else (lambda: True)
         # the victim: an executor the driver's status store shows running a task at this moment
-        victim = executor_running_a_task(disturbed, ui, rng, **({"when": when} if when else {}))
+        victim = executor_running_a_task(disturbed, ui, rng, when=when)
         assert victim is not None, f"{job_name} ended before a task ran on an executor"
         assert len(disturbed.executors()) == 2, disturbed.executors()
         os.kill(victim.pid, signal.SIGKILL)
